@@ -1,0 +1,7 @@
+//! Mesh's dataplane: everything that touches a node's packet path.
+//!
+//! The dataplane knows nothing of Raft or services. Callers hand it the network state a node
+//! should have; it converges the kernel to that state. This crate holds the BPF programs (built
+//! from `ebpf/` by the build script) and their userspace handles.
+
+pub mod bpf;
