@@ -1,0 +1,786 @@
+//! Lab operations: up, down, kill, start, stop-daemon, partition, heal, link changes, exec.
+//!
+//! Every mutating operation takes the lab's lock and re-reads its record first, so concurrent
+//! commands from different processes see each other's changes.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::binaries::{self, LINKSHIM, MESHD};
+use crate::error::{LabError, Result};
+use crate::net::{self, LossRule};
+use crate::spec::{self, host_netns, netns_prefix, switch_netns, LabSpec, LinkParams, Role};
+use crate::state::{root_dir, HostFiles, HostState, LabLock, LabState, Power};
+use crate::sys;
+
+/// How long meshd may take to open its control socket after it starts.
+const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The data-path port meshd is configured with in a lab.
+const DATA_PATH_PORT: u16 = 4789;
+/// The port managers listen on for the cluster API and Raft.
+const CLUSTER_PORT: u16 = 2377;
+
+/// A lab on this machine, as recorded.
+pub struct Lab {
+    state: LabState,
+}
+
+/// What `status` reports for one host.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStatus {
+    /// Host name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Underlay address.
+    pub address: Ipv4Addr,
+    /// Powered on or off.
+    pub power: Power,
+    /// "running", "stopped" or "none" (clients run no daemon).
+    pub daemon: &'static str,
+    /// meshd's PID while it runs.
+    pub daemon_pid: Option<i32>,
+    /// Link parameters in force.
+    pub link: LinkParams,
+}
+
+/// One line of `list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LabSummary {
+    /// Lab name.
+    pub name: String,
+    /// Hosts recorded (0 when the record is missing).
+    pub hosts: usize,
+    /// Hosts powered on.
+    pub hosts_on: usize,
+    /// meshd processes alive.
+    pub daemons_running: usize,
+    /// "ok", or what is wrong and how to fix it.
+    pub condition: String,
+}
+
+impl Lab {
+    /// Builds a lab: switch, hosts, links, and meshd on every manager and worker. On any
+    /// failure it removes what it built, so a failed `up` changes nothing.
+    pub fn up(spec: &LabSpec) -> Result<Lab> {
+        require_root()?;
+        spec.validate()?;
+        let _lock = LabLock::acquire(&spec.name)?;
+        if let Some(found) = existing_resources(&spec.name) {
+            return Err(LabError::Exists {
+                name: spec.name.clone(),
+                found,
+            });
+        }
+        let hosts = spec.hosts();
+        let meshd = if spec.start_daemons && hosts.iter().any(|h| h.role.runs_daemon()) {
+            Some(binaries::find(MESHD)?)
+        } else {
+            None
+        };
+        if spec.link.needs_shim() {
+            binaries::find(LINKSHIM)?;
+        }
+        let dir = LabState::dir(&spec.name);
+        fs::create_dir_all(&dir).map_err(LabError::io("creating", &dir))?;
+
+        let mut lab = Lab {
+            state: LabState {
+                name: spec.name.clone(),
+                created_unix: 0,
+                link: spec.link,
+                meshd,
+                hosts: hosts
+                    .iter()
+                    .map(|plan| HostState {
+                        name: plan.name.clone(),
+                        role: plan.role,
+                        address: plan.address,
+                        link_override: LinkParams::default(),
+                        power: Power::Off,
+                        daemon_pid: None,
+                        shim_pid: None,
+                    })
+                    .collect(),
+                partitions: Vec::new(),
+            },
+        };
+        match lab.build() {
+            Ok(()) => Ok(lab),
+            Err(err) => {
+                tracing::warn!(lab = %spec.name, error = %err, "lab up failed; removing what it built");
+                if let Err(cleanup) = teardown(&spec.name) {
+                    tracing::warn!(lab = %spec.name, error = %cleanup, "cleanup after failed up");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let name = self.state.name.clone();
+        sys::create_cgroup(&sys::cgroup_dir(&name, None))?;
+        net::create_switch(&name)?;
+        for index in 0..self.state.hosts.len() {
+            self.power_on_host(index)?;
+        }
+        self.apply_switch_rules()?;
+        self.state.created_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.state.save()?;
+        for index in 0..self.state.hosts.len() {
+            self.wait_daemon_ready(index)?;
+        }
+        Ok(())
+    }
+
+    /// Opens an existing lab by name.
+    pub fn open(name: &str) -> Result<Lab> {
+        spec::validate_lab_name(name)?;
+        match LabState::load(name)? {
+            Some(state) => Ok(Lab { state }),
+            None => Err(LabError::UnknownLab {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Removes every namespace, link, process, mount, cgroup and file of lab `name`. Works from
+    /// names alone, so it also cleans up after a crashed `up`. Idempotent in effect: a second
+    /// call reports that the lab is unknown.
+    pub fn down(name: &str) -> Result<()> {
+        require_root()?;
+        spec::validate_lab_name(name)?;
+        let lock = LabLock::acquire(name)?;
+        let found = teardown(name)?;
+        drop(lock);
+        let _ = fs::remove_file(LabLock::path(name));
+        if !found {
+            return Err(LabError::UnknownLab {
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The lab's record.
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// The hosts, in creation order.
+    pub fn hosts(&self) -> &[HostState] {
+        &self.state.hosts
+    }
+
+    /// A host's underlay address.
+    pub fn address(&self, host: &str) -> Result<Ipv4Addr> {
+        Ok(self.state.host(host)?.address)
+    }
+
+    /// A host's network namespace name.
+    pub fn netns(&self, host: &str) -> Result<String> {
+        self.state.host(host)?;
+        Ok(host_netns(&self.state.name, host))
+    }
+
+    /// The files of a host (state dir, config, log, control socket).
+    pub fn files(&self, host: &str) -> Result<HostFiles> {
+        self.state.host(host)?;
+        Ok(HostFiles::new(&self.state.name, host))
+    }
+
+    /// Every host's power, daemon and link.
+    pub fn status(&self) -> Vec<HostStatus> {
+        self.state
+            .hosts
+            .iter()
+            .map(|host| {
+                let running = host.daemon_pid.filter(|&pid| sys::process_alive(pid));
+                HostStatus {
+                    name: host.name.clone(),
+                    role: host.role,
+                    address: host.address,
+                    power: host.power,
+                    daemon: match (
+                        host.role.runs_daemon() && self.state.meshd.is_some(),
+                        running,
+                    ) {
+                        (false, _) => "none",
+                        (true, Some(_)) => "running",
+                        (true, None) => "stopped",
+                    },
+                    daemon_pid: running,
+                    link: self.state.link_of(host),
+                }
+            })
+            .collect()
+    }
+
+    /// Simulates power loss: every process of the host dies (meshd and its tasks), its
+    /// namespace and kernel state vanish and its link goes down. Its files remain.
+    pub fn kill(&mut self, host: &str) -> Result<()> {
+        let _lock = self.relock()?;
+        let index = self.index_of(host)?;
+        self.require_power(
+            index,
+            Power::On,
+            "already off; `meshctl lab start` powers it on",
+        )?;
+        self.power_off_host(index)?;
+        self.apply_switch_rules()?;
+        self.state.save()
+    }
+
+    /// Powers a killed host back on with its files, or restarts meshd on a host whose daemon
+    /// was stopped.
+    pub fn start(&mut self, host: &str) -> Result<()> {
+        let _lock = self.relock()?;
+        let index = self.index_of(host)?;
+        if self.state.hosts[index].power == Power::Off {
+            self.power_on_host(index)?;
+            self.apply_switch_rules()?;
+        } else if self.daemon_expected(index) && !self.daemon_running(index) {
+            self.start_daemon(index)?;
+        } else {
+            return Err(self.host_state_error(
+                index,
+                "running",
+                "nothing to start; `meshctl lab kill` powers it off",
+            ));
+        }
+        self.state.save()?;
+        self.wait_daemon_ready(index)
+    }
+
+    /// Kills only meshd (SIGKILL, as in a crash); tasks and kernel state stay.
+    pub fn stop_daemon(&mut self, host: &str) -> Result<()> {
+        let _lock = self.relock()?;
+        let index = self.index_of(host)?;
+        self.require_power(index, Power::On, "powered off; its daemon is already gone")?;
+        let pid = match self.state.hosts[index].daemon_pid {
+            Some(pid) if sys::process_alive(pid) => pid,
+            _ => {
+                return Err(self.host_state_error(
+                    index,
+                    "without a running meshd",
+                    "`meshctl lab start` starts it",
+                ))
+            }
+        };
+        sys::signal(pid, libc::SIGKILL);
+        sys::wait_until(Duration::from_secs(5), || !sys::process_alive(pid));
+        self.state.hosts[index].daemon_pid = None;
+        self.state.save()
+    }
+
+    /// Cuts every host in `hosts` off from every host in `from`, both directions, at the lab
+    /// switch. Partitions add up until `heal`.
+    pub fn partition(&mut self, hosts: &[String], from: &[String]) -> Result<()> {
+        let _lock = self.relock()?;
+        if hosts.is_empty() || from.is_empty() {
+            return Err(LabError::InvalidSpec {
+                field: "partition",
+                value: format!("{hosts:?} --from {from:?}"),
+                reason: "name at least one host on each side".into(),
+            });
+        }
+        for name in hosts.iter().chain(from) {
+            self.index_of(name)?;
+        }
+        let mut pairs: BTreeSet<(String, String)> = self.state.partitions.iter().cloned().collect();
+        for a in hosts {
+            for b in from {
+                if a == b {
+                    return Err(LabError::InvalidSpec {
+                        field: "partition",
+                        value: a.clone(),
+                        reason: "a host cannot be cut off from itself; list it on one side only"
+                            .into(),
+                    });
+                }
+                pairs.insert(ordered(a, b));
+            }
+        }
+        self.state.partitions = pairs.into_iter().collect();
+        self.apply_switch_rules()?;
+        self.state.save()
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) -> Result<()> {
+        let _lock = self.relock()?;
+        self.state.partitions.clear();
+        self.apply_switch_rules()?;
+        self.state.save()
+    }
+
+    /// Changes one host's link parameters (fields left None keep their value).
+    pub fn set_link(&mut self, host: &str, change: LinkParams) -> Result<()> {
+        change.validate()?;
+        let _lock = self.relock()?;
+        let index = self.index_of(host)?;
+        let before = self.state.link_of(&self.state.hosts[index]);
+        let override_now = self.state.hosts[index].link_override.overlaid(&change);
+        self.state.hosts[index].link_override = override_now;
+        let after = self.state.link_of(&self.state.hosts[index]);
+        if after.needs_shim() {
+            binaries::find(LINKSHIM)?;
+        }
+        if self.state.hosts[index].power == Power::On {
+            let (lab, ns) = (self.state.name.clone(), host_netns(&self.state.name, host));
+            if before.needs_shim() != after.needs_shim() {
+                // The link changes shape: rebuild it (the host keeps its namespace and processes).
+                self.stop_shim(index)?;
+                net::disconnect_host(&lab, host)?;
+                net::connect_host(&lab, host, &ns, self.state.hosts[index].address, &after)?;
+                self.start_shim(index)?;
+            } else {
+                net::set_mtu(&lab, host, &ns, &after)?;
+                if after.needs_shim() && before.delay_ms != after.delay_ms {
+                    self.stop_shim(index)?;
+                    self.start_shim(index)?;
+                }
+            }
+            self.apply_switch_rules()?;
+        }
+        self.state.save()
+    }
+
+    /// Runs `argv` inside a host to completion with inherited stdio.
+    pub fn exec(&self, host: &str, argv: &[String]) -> Result<ExitStatus> {
+        let (mut command, _entry) = self.command(host, argv)?;
+        command.status().map_err(LabError::io("running", &argv[0]))
+    }
+
+    /// Runs `argv` inside a host and captures its output.
+    pub fn output(&self, host: &str, argv: &[&str]) -> Result<Output> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let (mut command, _entry) = self.command(host, &argv)?;
+        command.stdin(Stdio::null());
+        command.output().map_err(LabError::io("running", &argv[0]))
+    }
+
+    /// Starts `argv` inside a host in the background (it dies with the host).
+    pub fn spawn(&self, host: &str, argv: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let (mut command, _entry) = self.command(host, &argv)?;
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        command.spawn().map_err(LabError::io("starting", &argv[0]))
+    }
+
+    /// A command that will run inside the host's namespace and cgroup, with MESH_LAB,
+    /// MESH_HOST and MESH_SOCKET set so meshctl finds the host's meshd. Keep the Entry until the
+    /// command has spawned.
+    fn command(&self, host: &str, argv: &[String]) -> Result<(Command, sys::Entry)> {
+        let index = self.index_of(host)?;
+        self.require_power(
+            index,
+            Power::On,
+            "powered off; `meshctl lab start` powers it on",
+        )?;
+        let Some((program, args)) = argv.split_first() else {
+            return Err(LabError::InvalidSpec {
+                field: "command",
+                value: "(none)".into(),
+                reason: "give the command to run after --".into(),
+            });
+        };
+        let files = HostFiles::new(&self.state.name, host);
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env("MESH_LAB", &self.state.name)
+            .env("MESH_HOST", host)
+            .env("MESH_SOCKET", files.control_socket());
+        let cgroup = sys::cgroup_dir(&self.state.name, Some(host));
+        let entry = sys::enter_netns(
+            &mut command,
+            &host_netns(&self.state.name, host),
+            Some(&cgroup),
+        )?;
+        Ok((command, entry))
+    }
+
+    fn relock(&mut self) -> Result<LabLock> {
+        let lock = LabLock::acquire(&self.state.name)?;
+        self.state = LabState::load(&self.state.name)?.ok_or_else(|| LabError::UnknownLab {
+            name: self.state.name.clone(),
+        })?;
+        Ok(lock)
+    }
+
+    fn index_of(&self, host: &str) -> Result<usize> {
+        self.state.host(host)?;
+        Ok(self
+            .state
+            .hosts
+            .iter()
+            .position(|h| h.name == host)
+            .expect("host() found it"))
+    }
+
+    fn require_power(&self, index: usize, power: Power, hint: &'static str) -> Result<()> {
+        if self.state.hosts[index].power == power {
+            return Ok(());
+        }
+        let state = match self.state.hosts[index].power {
+            Power::On => "powered on",
+            Power::Off => "powered off",
+        };
+        Err(self.host_state_error(index, state, hint))
+    }
+
+    fn host_state_error(&self, index: usize, state: &'static str, hint: &'static str) -> LabError {
+        LabError::HostState {
+            lab: self.state.name.clone(),
+            host: self.state.hosts[index].name.clone(),
+            state,
+            hint,
+        }
+    }
+
+    fn daemon_expected(&self, index: usize) -> bool {
+        self.state.meshd.is_some() && self.state.hosts[index].role.runs_daemon()
+    }
+
+    fn daemon_running(&self, index: usize) -> bool {
+        self.state.hosts[index]
+            .daemon_pid
+            .is_some_and(sys::process_alive)
+    }
+
+    fn power_on_host(&mut self, index: usize) -> Result<()> {
+        let lab = self.state.name.clone();
+        let host = self.state.hosts[index].clone();
+        let ns = host_netns(&lab, &host.name);
+        sys::create_cgroup(&sys::cgroup_dir(&lab, Some(&host.name)))?;
+        sys::add_netns(&ns)?;
+        net::connect_host(
+            &lab,
+            &host.name,
+            &ns,
+            host.address,
+            &self.state.link_of(&host),
+        )?;
+        self.state.hosts[index].power = Power::On;
+        self.start_shim(index)?;
+        if self.daemon_expected(index) {
+            self.start_daemon(index)?;
+        }
+        Ok(())
+    }
+
+    fn power_off_host(&mut self, index: usize) -> Result<()> {
+        let lab = self.state.name.clone();
+        let host = self.state.hosts[index].name.clone();
+        sys::kill_cgroup(&sys::cgroup_dir(&lab, Some(&host)))?;
+        self.stop_shim(index)?;
+        let ns = host_netns(&lab, &host);
+        // Namespaces meshd made for this host go with it, as kernel state does in a power cut.
+        for nested in sys::netns_with_prefix(&format!("{ns}.")) {
+            sys::del_netns(&nested)?;
+        }
+        sys::del_netns(&ns)?;
+        net::disconnect_host(&lab, &host)?;
+        let record = &mut self.state.hosts[index];
+        record.power = Power::Off;
+        record.daemon_pid = None;
+        Ok(())
+    }
+
+    fn start_daemon(&mut self, index: usize) -> Result<()> {
+        let lab = self.state.name.clone();
+        let host = self.state.hosts[index].clone();
+        let meshd = self
+            .state
+            .meshd
+            .clone()
+            .expect("daemon_expected checked meshd");
+        let files = HostFiles::new(&lab, &host.name);
+        fs::create_dir_all(files.state_dir())
+            .map_err(LabError::io("creating", files.state_dir()))?;
+        fs::write(files.config(), daemon_config(&host, &files))
+            .map_err(LabError::io("writing", files.config()))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(files.log())
+            .map_err(LabError::io("opening", files.log()))?;
+        let log_err = log
+            .try_clone()
+            .map_err(LabError::io("opening", files.log()))?;
+        let ns = host_netns(&lab, &host.name);
+        let mut command = Command::new(&meshd);
+        command
+            .arg("--config")
+            .arg(files.config())
+            .env("MESH_LAB", &lab)
+            .env("MESH_NETNS_PREFIX", format!("{ns}."))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let cgroup = sys::cgroup_dir(&lab, Some(&host.name));
+        let _entry = sys::enter_netns(&mut command, &ns, Some(&cgroup))?;
+        // SAFETY: setsid is async-signal-safe; a new session keeps the daemon out of the
+        // terminal's process group, so ^C on meshctl does not reach it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(LabError::io("starting", &meshd))?;
+        self.state.hosts[index].daemon_pid = Some(child.id() as i32);
+        Ok(())
+    }
+
+    fn wait_daemon_ready(&self, index: usize) -> Result<()> {
+        let host = &self.state.hosts[index];
+        let Some(pid) = host.daemon_pid else {
+            return Ok(());
+        };
+        let files = HostFiles::new(&self.state.name, &host.name);
+        let socket = files.control_socket();
+        let ready = sys::wait_until(DAEMON_READY_TIMEOUT, || {
+            socket.exists() || !sys::process_alive(pid)
+        });
+        if ready && sys::process_alive(pid) {
+            return Ok(());
+        }
+        let log = fs::read_to_string(files.log()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Err(LabError::Command {
+            command: format!("meshd on {}", host.name),
+            detail: format!(
+                "{} before opening {}; last log lines:\n{}",
+                if ready {
+                    "exited"
+                } else {
+                    "not ready after 20 s"
+                },
+                socket.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ),
+        })
+    }
+
+    fn start_shim(&mut self, index: usize) -> Result<()> {
+        let lab = self.state.name.clone();
+        let host = self.state.hosts[index].clone();
+        let link = self.state.link_of(&host);
+        if !link.needs_shim() || host.power == Power::Off {
+            return Ok(());
+        }
+        let shim = binaries::find(LINKSHIM)?;
+        let cgroup = shim_cgroup(&lab, &host.name);
+        sys::create_cgroup(&cgroup)?;
+        let mut command = Command::new(&shim);
+        command
+            .arg(spec::switch_port(&host.name))
+            .arg(net::shim_port(&host.name))
+            .arg(link.delay_ms.unwrap_or(0).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let _entry = sys::enter_netns(&mut command, &switch_netns(&lab), Some(&cgroup))?;
+        let child = command.spawn().map_err(LabError::io("starting", &shim))?;
+        self.state.hosts[index].shim_pid = Some(child.id() as i32);
+        Ok(())
+    }
+
+    fn stop_shim(&mut self, index: usize) -> Result<()> {
+        let cgroup = shim_cgroup(&self.state.name, &self.state.hosts[index].name);
+        sys::destroy_cgroup(&cgroup)?;
+        self.state.hosts[index].shim_pid = None;
+        Ok(())
+    }
+
+    fn apply_switch_rules(&self) -> Result<()> {
+        let address = |name: &str| self.state.host(name).map(|h| h.address);
+        let cuts = self
+            .state
+            .partitions
+            .iter()
+            .map(|(a, b)| Ok((address(a)?, address(b)?, format!("{a}<->{b}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let losses: Vec<LossRule> = self
+            .state
+            .hosts
+            .iter()
+            .filter(|h| h.power == Power::On)
+            .filter_map(|h| {
+                let link = self.state.link_of(h);
+                link.loss_pct.map(|loss_pct| LossRule {
+                    port: net::bridge_port(&h.name, &link),
+                    loss_pct,
+                })
+            })
+            .collect();
+        net::apply_switch_rules(&self.state.name, &cuts, &losses)
+    }
+}
+
+/// Every lab on this machine: recorded ones and the remains of crashed ones.
+pub fn list() -> Result<Vec<LabSummary>> {
+    let mut names = BTreeSet::new();
+    if let Ok(entries) = fs::read_dir(root_dir()) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                names.extend(entry.file_name().into_string().ok());
+            }
+        }
+    }
+    for ns in sys::netns_with_prefix("mlab.") {
+        if let Some(name) = ns.split('.').nth(1) {
+            names.insert(name.to_string());
+        }
+    }
+    if let Ok(entries) = fs::read_dir(sys::cgroup_parent()) {
+        names.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok()),
+        );
+    }
+    names
+        .into_iter()
+        .filter(|name| spec::validate_lab_name(name).is_ok())
+        .map(|name| {
+            Ok(match LabState::load(&name) {
+                Ok(Some(state)) => {
+                    let lab = Lab { state };
+                    let status = lab.status();
+                    let hosts_on = status.iter().filter(|h| h.power == Power::On).count();
+                    let missing = lab
+                        .hosts()
+                        .iter()
+                        .filter(|h| h.power == Power::On && !sys::netns_exists(&host_netns(&name, &h.name)))
+                        .count();
+                    LabSummary {
+                        hosts: status.len(),
+                        hosts_on,
+                        daemons_running: status.iter().filter(|h| h.daemon == "running").count(),
+                        condition: if missing == 0 {
+                            "ok".into()
+                        } else {
+                            format!("{missing} hosts lost their namespace (reboot?); run `meshctl lab down {name}`")
+                        },
+                        name,
+                    }
+                }
+                Ok(None) | Err(_) => LabSummary {
+                    condition: format!("incomplete (no usable record); run `meshctl lab down {name}`"),
+                    name,
+                    hosts: 0,
+                    hosts_on: 0,
+                    daemons_running: 0,
+                },
+            })
+        })
+        .collect()
+}
+
+/// What of lab `name` already exists, if anything.
+fn existing_resources(name: &str) -> Option<String> {
+    let mut found = Vec::new();
+    if LabState::dir(name).exists() {
+        found.push(format!("files in {}", LabState::dir(name).display()));
+    }
+    let namespaces = sys::netns_with_prefix(&netns_prefix(name));
+    if !namespaces.is_empty() {
+        found.push(format!("{} network namespaces", namespaces.len()));
+    }
+    if sys::cgroup_dir(name, None).exists() {
+        found.push("a cgroup".into());
+    }
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// Removes everything of lab `name`; returns whether anything was there.
+fn teardown(name: &str) -> Result<bool> {
+    let mut found = false;
+    let cgroup = sys::cgroup_dir(name, None);
+    if cgroup.exists() {
+        found = true;
+        sys::destroy_cgroup(&cgroup)?;
+    }
+    // Processes that entered a lab namespace from outside the cgroup (ip netns exec by hand).
+    let namespaces = sys::netns_with_prefix(&netns_prefix(name));
+    for ns in &namespaces {
+        for pid in sys::netns_pids(ns) {
+            sys::signal(pid, libc::SIGKILL);
+        }
+    }
+    for ns in namespaces.iter().rev() {
+        found = true;
+        sys::del_netns(ns)?;
+    }
+    let dir = LabState::dir(name);
+    if dir.exists() {
+        found = true;
+        for mount in sys::mounts_under(&dir) {
+            sys::unmount(&mount)?;
+        }
+        fs::remove_dir_all(&dir).map_err(LabError::io("removing", &dir))?;
+    }
+    Ok(found)
+}
+
+fn shim_cgroup(lab: &str, host: &str) -> PathBuf {
+    sys::cgroup_dir(lab, Some(&format!("shim-{host}")))
+}
+
+fn ordered(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+fn require_root() -> Result<()> {
+    if sys::is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+/// meshd's configuration for a lab host (the format meshd documents in its --help).
+fn daemon_config(host: &HostState, files: &HostFiles) -> String {
+    format!(
+        "# Written by the lab for host {name}; the lab rewrites it on every start.\n\
+         node_name = \"{name}\"\n\
+         listen_addr = \"{addr}:{CLUSTER_PORT}\"\n\
+         advertise_addr = \"{addr}\"\n\
+         data_path_port = {DATA_PATH_PORT}\n\
+         state_dir = \"{state}\"\n\
+         log_level = \"info\"\n",
+        name = host.name,
+        addr = host.address,
+        state = files.state_dir().display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_pairs_are_stored_once() {
+        assert_eq!(ordered("w1", "m1"), ordered("m1", "w1"));
+    }
+}

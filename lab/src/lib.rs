@@ -1,0 +1,28 @@
+//! Local multi-host labs: every host is a network namespace with one veth to a lab switch (a
+//! bridge in a namespace of its own), an underlay address in 198.18.0.0/24, and meshd running
+//! inside it under the lab's directory.
+//!
+//! One implementation serves `meshctl lab`, `netns-tests` and `bench`. A lab is named; two labs
+//! with different names coexist. Everything a lab creates carries its name, so `Lab::down` can
+//! remove it all even when the command that built it crashed half way:
+//! - network namespaces `mlab.<lab>.<host>` and `mlab.<lab>.switch` (and any namespace meshd
+//!   creates, which it prefixes with its host's namespace name);
+//! - the cgroup `mesh-lab/<lab>` holding every process the lab started;
+//! - files under `$MESH_LAB_DIR/<lab>` (default /var/lib/mesh-lab).
+//!
+//! Nothing here touches the host's own namespace: links are created inside lab namespaces.
+
+mod binaries;
+mod error;
+mod lab;
+pub mod linkshim;
+mod net;
+mod spec;
+mod state;
+mod sys;
+
+pub use binaries::{find as find_binary, Binary, LINKSHIM, MESHD};
+pub use error::{LabError, Result};
+pub use lab::{list, HostStatus, Lab, LabSummary};
+pub use spec::{host_netns, netns_prefix, switch_netns, HostPlan, LabSpec, LinkParams, Role};
+pub use state::{root_dir, HostFiles, HostState, LabState, Power};
