@@ -1,0 +1,175 @@
+//! meshd's process lifecycle: claim the state directory, serve the local control socket, and
+//! shut down cleanly on SIGTERM or SIGINT. Later subsystems (Raft, dispatcher, agent, dataplane)
+//! hang off `run`.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::local_api::{DaemonStatus, Request, Response, MAX_REQUEST_BYTES};
+
+/// Errors that stop meshd from starting or running.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The state directory cannot be created or used.
+    #[error("preparing state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another meshd holds the state directory.
+    #[error(
+        "another meshd is using state directory {0}; stop it, or give this one its own --state-dir"
+    )]
+    AlreadyRunning(PathBuf),
+    /// The control socket cannot be bound.
+    #[error("binding control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A signal handler cannot be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs meshd until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let _state_lock = lock_state_dir(&config.state_dir)?;
+    let listener = bind_control_socket(&config.control_socket)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let shared = Arc::new(Shared {
+        config,
+        started: Instant::now(),
+    });
+    tracing::info!(
+        node = %shared.config.node_name,
+        listen = %shared.config.listen_addr,
+        data_path_port = shared.config.data_path_port,
+        state_dir = %shared.config.state_dir.display(),
+        "meshd started"
+    );
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        if let Err(err) = serve(stream, &shared).await {
+                            tracing::debug!(error = %err, "control connection ended");
+                        }
+                    });
+                }
+                Err(err) => tracing::warn!(error = %err, "accepting a control connection"),
+            },
+            _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+    drop(listener);
+    let _ = fs::remove_file(&shared.config.control_socket);
+    tracing::info!("meshd stopped");
+    Ok(())
+}
+
+struct Shared {
+    config: Config,
+    started: Instant,
+}
+
+/// Holds the state directory's lock for meshd's lifetime.
+struct StateLock {
+    _file: File,
+}
+
+fn lock_state_dir(dir: &Path) -> Result<StateLock, DaemonError> {
+    let state_error = |source| DaemonError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(state_error)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(state_error)?;
+    let file = File::create(dir.join("meshd.lock")).map_err(state_error)?;
+    // SAFETY: flock on a descriptor we own; non-blocking, touches no memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(DaemonError::AlreadyRunning(dir.to_path_buf()));
+    }
+    Ok(StateLock { _file: file })
+}
+
+fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let socket_error = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    // We hold the state lock, so a socket file left here belongs to a meshd that died.
+    match fs::remove_file(path) {
+        Ok(()) => tracing::info!(path = %path.display(), "removed stale control socket"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(socket_error(err)),
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(socket_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(socket_error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(socket_error)?;
+    Ok(listener)
+}
+
+async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    // take() bounds what one client can make meshd buffer.
+    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = if line.len() > MAX_REQUEST_BYTES {
+            Response::Error {
+                message: format!("request larger than {MAX_REQUEST_BYTES} bytes refused"),
+            }
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => handle(request, shared),
+                Err(err) => Response::Error {
+                    message: format!(
+                        "malformed request ({err}); is meshctl the same version as meshd?"
+                    ),
+                },
+            }
+        };
+        let mut out = serde_json::to_string(&response).expect("responses serialize");
+        out.push('\n');
+        write.write_all(out.as_bytes()).await?;
+    }
+    Ok(())
+}
+
+fn handle(request: Request, shared: &Shared) -> Response {
+    match request {
+        Request::Status => {
+            let config = &shared.config;
+            Response::Status(DaemonStatus {
+                node_name: config.node_name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                pid: std::process::id(),
+                uptime_secs: shared.started.elapsed().as_secs(),
+                listen_addr: config.listen_addr.to_string(),
+                advertise_addr: config.advertise_addr.map(|a| a.to_string()),
+                data_path_port: config.data_path_port,
+                gossip_port: config.gossip_port,
+                state_dir: config.state_dir.clone(),
+            })
+        }
+    }
+}

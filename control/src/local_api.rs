@@ -1,0 +1,139 @@
+//! meshd's local control socket: newline-delimited JSON requests and responses over a unix
+//! socket in the state directory. Only root (the socket is 0600) on the node itself can use it;
+//! the cluster API on TCP 2377 is a separate, mTLS-protected surface.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Longest request line meshd reads; anything longer is refused without being parsed.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A request to the local meshd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The daemon's identity, configuration and uptime.
+    Status,
+}
+
+/// meshd's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `Status`.
+    Status(DaemonStatus),
+    /// The request was refused; the message says why and what to do.
+    Error { message: String },
+}
+
+/// What `Status` returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// The node's name.
+    pub node_name: String,
+    /// meshd's version.
+    pub version: String,
+    /// meshd's PID.
+    pub pid: u32,
+    /// Seconds since meshd started.
+    pub uptime_secs: u64,
+    /// Cluster API and Raft address.
+    pub listen_addr: String,
+    /// Address advertised to other nodes, if known.
+    pub advertise_addr: Option<String>,
+    /// VXLAN data-path port.
+    pub data_path_port: u16,
+    /// Gossip port.
+    pub gossip_port: u16,
+    /// State directory.
+    pub state_dir: PathBuf,
+}
+
+/// Errors from talking to the local meshd.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("cannot reach meshd at {path} ({source}); is meshd running? Start it, or point --socket / MESH_SOCKET at its control socket")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("talking to meshd at {path}: {reason}")]
+    Exchange { path: PathBuf, reason: String },
+    /// meshd refused the request.
+    #[error("meshd: {0}")]
+    Refused(String),
+}
+
+/// Sends one request and reads one response.
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let exchange = |reason: String| ClientError::Exchange {
+        path: socket.to_path_buf(),
+        reason,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    let answer = async {
+        write
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| exchange(e.to_string()))?;
+        let mut reply = String::new();
+        BufReader::new(read)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| exchange(e.to_string()))?;
+        if reply.is_empty() {
+            return Err(exchange(
+                "meshd closed the connection without answering".into(),
+            ));
+        }
+        serde_json::from_str(&reply).map_err(|e| exchange(format!("unreadable answer: {e}")))
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| exchange("no answer within 10 s".into()))??;
+    match response {
+        Response::Error { message } => Err(ClientError::Refused(message)),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_have_a_stable_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"op":"status"}"#
+        );
+        let error = Response::Error {
+            message: "no".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&error).unwrap(),
+            r#"{"result":"error","message":"no"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_ops_do_not_parse() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}
