@@ -26,3 +26,4 @@ pub use error::{LabError, Result};
 pub use lab::{list, HostStatus, Lab, LabSummary};
 pub use spec::{host_netns, netns_prefix, switch_netns, HostPlan, LabSpec, LinkParams, Role};
 pub use state::{root_dir, HostFiles, HostState, LabState, Power};
+pub use sys::in_netns;

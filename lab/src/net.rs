@@ -207,12 +207,15 @@ pub fn switch_ruleset(cuts: &[(Ipv4Addr, Ipv4Addr, String)], losses: &[LossRule]
     for loss in losses {
         // numgen random mod 10000 gives loss in steps of 0.01 %.
         let threshold = (loss.loss_pct * 100.0).round() as u32;
-        if threshold == 0 {
-            continue;
-        }
+        let sample = match threshold {
+            0 => continue,
+            // numgen's values are 0..9999, so "< 10000" is out of its range: drop everything.
+            10_000.. => String::new(),
+            _ => format!("numgen random mod 10000 < {threshold} "),
+        };
         let _ = writeln!(
             script,
-            "    iifname \"{}\" numgen random mod 10000 < {threshold} counter drop comment \"loss {}%\"",
+            "    iifname \"{}\" {sample}counter drop comment \"loss {}%\"",
             loss.port, loss.loss_pct
         );
     }
@@ -239,12 +242,20 @@ mod tests {
                     port: "p-w2".into(),
                     loss_pct: 0.0,
                 },
+                LossRule {
+                    port: "p-c1".into(),
+                    loss_pct: 100.0,
+                },
             ],
         );
         assert!(script.contains("ip saddr 198.18.0.1 ip daddr 198.18.0.2 counter drop"));
         assert!(script.contains("ip saddr 198.18.0.2 ip daddr 198.18.0.1 counter drop"));
         assert!(script.contains("iifname \"p-w1\" numgen random mod 10000 < 250 counter drop"));
         assert!(!script.contains("p-w2"), "zero loss adds no rule");
+        assert!(
+            script.contains("iifname \"p-c1\" counter drop"),
+            "total loss needs no sampling"
+        );
         assert!(script.starts_with("table bridge meshlab\ndelete table bridge meshlab\n"));
     }
 

@@ -14,8 +14,8 @@ use crate::error::{LabError, Result};
 
 /// Where named network namespaces live (iproute2's convention).
 pub const NETNS_DIR: &str = "/run/netns";
-/// The cgroup v2 hierarchy; its `cgroup.kill` kills a whole host at once.
-pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Where the lab mounts a cgroup v2 hierarchy of its own when the system has none mounted.
+pub const OWN_CGROUP2_MOUNT: &str = "/run/mesh-lab/cgroup2";
 /// The parent cgroup of every lab.
 pub const CGROUP_PARENT: &str = "mesh-lab";
 
@@ -158,6 +158,29 @@ pub fn enter_netns(command: &mut Command, netns: &str, cgroup: Option<&Path>) ->
     })
 }
 
+/// Runs `f` on a new thread that has entered network namespace `netns`, and returns its result.
+/// setns changes only the calling thread, so the caller's threads stay where they are: this is
+/// how tests and benchmarks bind sockets and attach programs inside lab hosts without spawning
+/// processes. Panics in `f` propagate.
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = Path::new(NETNS_DIR).join(netns);
+    let file = File::open(&path).map_err(LabError::io("opening network namespace", &path))?;
+    let handle = std::thread::spawn(move || {
+        // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f())
+    });
+    match handle.join() {
+        Ok(result) => result.map_err(LabError::io("entering network namespace", path)),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// Whether a named network namespace exists.
 pub fn netns_exists(name: &str) -> bool {
     Path::new(NETNS_DIR).join(name).exists()
@@ -199,9 +222,32 @@ pub fn netns_pids(netns: &str) -> Vec<i32> {
     }
 }
 
-/// The cgroup holding every lab's cgroup.
+/// The cgroup holding every lab's cgroup, inside the cgroup v2 hierarchy (whose `cgroup.kill`
+/// kills a whole host at once).
 pub fn cgroup_parent() -> PathBuf {
-    Path::new(CGROUP2_ROOT).join(CGROUP_PARENT)
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(cgroup2_root).join(CGROUP_PARENT)
+}
+
+/// The mount point of the cgroup v2 hierarchy: the system's (/sys/fs/cgroup or, on hybrid
+/// systems, /sys/fs/cgroup/unified), or one the lab mounts itself where none is visible (a
+/// chroot, a minimal container).
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(mount) = mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| unescape_mount_path(point))
+    }) {
+        return mount;
+    }
+    let own = PathBuf::from(OWN_CGROUP2_MOUNT);
+    if fs::create_dir_all(&own).is_ok() {
+        if let Err(err) = run("mount", ["-t", "cgroup2", "none", OWN_CGROUP2_MOUNT]) {
+            tracing::warn!(error = %err, "mounting a cgroup v2 hierarchy for the lab");
+        }
+    }
+    own
 }
 
 /// The cgroup directory of a lab, or of one of its hosts.

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::Xdp;
+pub use aya::programs::XdpMode;
 use aya::Ebpf;
 
 use super::BpfError;

@@ -1,0 +1,105 @@
+//! Helpers for the multi-host integration tests: labs that clean up after themselves even when
+//! a test panics, and running code inside a namespace.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use lab::in_netns;
+use lab::{Lab, LabSpec};
+
+/// A lab owned by one test; dropping it (also while a panic unwinds) runs `lab down`.
+pub struct TestLab {
+    lab: Lab,
+}
+
+impl TestLab {
+    /// Brings up a lab named after `tag`, unique to this process and call.
+    pub fn up(tag: &str, configure: impl FnOnce(&mut LabSpec)) -> TestLab {
+        let mut spec = LabSpec::new(&unique_name(tag), 0, 0);
+        configure(&mut spec);
+        let lab = Lab::up(&spec).unwrap_or_else(|err| panic!("lab up {}: {err}", spec.name));
+        TestLab { lab }
+    }
+
+    /// The lab, as recorded when it came up.
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// The lab, for operations that change it.
+    pub fn lab_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+
+    /// The lab re-read from disk (after changes made through another handle).
+    pub fn reopened(&self) -> Lab {
+        Lab::open(self.lab.name()).expect("reopen lab")
+    }
+
+    /// A host's underlay address.
+    pub fn addr(&self, host: &str) -> Ipv4Addr {
+        self.lab.address(host).expect("known host")
+    }
+
+    /// Whether one ICMP echo from `from` to `to`'s underlay address is answered within 1 s.
+    pub fn ping(&self, from: &str, to: &str) -> bool {
+        self.ping_with(from, to, &[])
+    }
+
+    /// As `ping`, with extra ping flags (size, DF).
+    pub fn ping_with(&self, from: &str, to: &str, flags: &[&str]) -> bool {
+        let target = self.addr(to).to_string();
+        let mut argv = vec!["ping", "-n", "-q", "-c", "1", "-W", "1"];
+        argv.extend_from_slice(flags);
+        argv.push(&target);
+        let output = self.lab.output(from, &argv).expect("run ping");
+        output.status.success()
+    }
+
+    /// Runs a command in a host and returns its stdout, panicking on failure.
+    pub fn sh(&self, host: &str, argv: &[&str]) -> String {
+        let output = self.lab.output(host, argv).expect("run command in host");
+        assert!(
+            output.status.success(),
+            "{argv:?} on {host} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        self.lab.name()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if let Err(err) = Lab::down(self.lab.name()) {
+            eprintln!("cleaning up lab {}: {err}", self.lab.name());
+        }
+    }
+}
+
+/// A lab name no other test in this run, or a concurrent run, uses.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("t-{tag}-{}-{n}", std::process::id() % 100_000);
+    assert!(
+        name.len() <= 24,
+        "lab name {name} too long; shorten the tag"
+    );
+    name
+}
+
+/// Whether `pid` is a live process (zombies count as dead).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 1..].trim_start().chars().next()?;
+            Some(!matches!(state, 'Z' | 'X'))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set-up, formatting, lints, unit tests, and the
+# multi-host tests on real network namespaces. Run as root from anywhere in the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+# netns-tests and bench start these binaries inside lab hosts.
+cargo build --workspace --bins --locked
+echo "== tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# A hung test is a bug: fail the run long before CI's limit instead of waiting for it.
+set +e
+timeout --signal=KILL 2400 cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line for the whole suite, summed over every test binary.
+echo "== suite finished in ${SECONDS}s (exit $status)"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
