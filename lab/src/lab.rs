@@ -4,10 +4,8 @@
 //! commands from different processes see each other's changes.
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,21 +13,15 @@ use serde::Serialize;
 
 use crate::binaries::{self, LINKSHIM, MESHD};
 use crate::error::{LabError, Result};
+use crate::inventory::{existing_resources, teardown};
 use crate::net::{self, LossRule};
-use crate::spec::{self, host_netns, netns_prefix, switch_netns, LabSpec, LinkParams, Role};
-use crate::state::{root_dir, HostFiles, HostState, LabLock, LabState, Power};
+use crate::spec::{self, host_netns, LabSpec, LinkParams, Role};
+use crate::state::{HostFiles, HostState, LabLock, LabState, Power};
 use crate::sys;
-
-/// How long meshd may take to open its control socket after it starts.
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// The data-path port meshd is configured with in a lab.
-const DATA_PATH_PORT: u16 = 4789;
-/// The port managers listen on for the cluster API and Raft.
-const CLUSTER_PORT: u16 = 2377;
 
 /// A lab on this machine, as recorded.
 pub struct Lab {
-    state: LabState,
+    pub(crate) state: LabState,
 }
 
 /// What `status` reports for one host.
@@ -367,16 +359,22 @@ impl Lab {
     }
 
     /// Runs `argv` inside a host and captures its output.
-    pub fn output(&self, host: &str, argv: &[&str]) -> Result<Output> {
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    pub fn output<S: AsRef<str>>(&self, host: &str, argv: &[S]) -> Result<Output> {
+        let argv: Vec<String> = argv.iter().map(|s| s.as_ref().to_string()).collect();
         let (mut command, _entry) = self.command(host, &argv)?;
         command.stdin(Stdio::null());
         command.output().map_err(LabError::io("running", &argv[0]))
     }
 
     /// Starts `argv` inside a host in the background (it dies with the host).
-    pub fn spawn(&self, host: &str, argv: &[&str], stdout: Stdio, stderr: Stdio) -> Result<Child> {
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    pub fn spawn<S: AsRef<str>>(
+        &self,
+        host: &str,
+        argv: &[S],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Child> {
+        let argv: Vec<String> = argv.iter().map(|s| s.as_ref().to_string()).collect();
         let (mut command, _entry) = self.command(host, &argv)?;
         command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         command.spawn().map_err(LabError::io("starting", &argv[0]))
@@ -415,7 +413,7 @@ impl Lab {
         Ok((command, entry))
     }
 
-    fn relock(&mut self) -> Result<LabLock> {
+    pub(crate) fn relock(&mut self) -> Result<LabLock> {
         let lock = LabLock::acquire(&self.state.name)?;
         self.state = LabState::load(&self.state.name)?.ok_or_else(|| LabError::UnknownLab {
             name: self.state.name.clone(),
@@ -423,7 +421,7 @@ impl Lab {
         Ok(lock)
     }
 
-    fn index_of(&self, host: &str) -> Result<usize> {
+    pub(crate) fn index_of(&self, host: &str) -> Result<usize> {
         self.state.host(host)?;
         Ok(self
             .state
@@ -433,7 +431,12 @@ impl Lab {
             .expect("host() found it"))
     }
 
-    fn require_power(&self, index: usize, power: Power, hint: &'static str) -> Result<()> {
+    pub(crate) fn require_power(
+        &self,
+        index: usize,
+        power: Power,
+        hint: &'static str,
+    ) -> Result<()> {
         if self.state.hosts[index].power == power {
             return Ok(());
         }
@@ -444,7 +447,12 @@ impl Lab {
         Err(self.host_state_error(index, state, hint))
     }
 
-    fn host_state_error(&self, index: usize, state: &'static str, hint: &'static str) -> LabError {
+    pub(crate) fn host_state_error(
+        &self,
+        index: usize,
+        state: &'static str,
+        hint: &'static str,
+    ) -> LabError {
         LabError::HostState {
             lab: self.state.name.clone(),
             host: self.state.hosts[index].name.clone(),
@@ -453,162 +461,17 @@ impl Lab {
         }
     }
 
-    fn daemon_expected(&self, index: usize) -> bool {
+    pub(crate) fn daemon_expected(&self, index: usize) -> bool {
         self.state.meshd.is_some() && self.state.hosts[index].role.runs_daemon()
     }
 
-    fn daemon_running(&self, index: usize) -> bool {
+    pub(crate) fn daemon_running(&self, index: usize) -> bool {
         self.state.hosts[index]
             .daemon_pid
             .is_some_and(sys::process_alive)
     }
 
-    fn power_on_host(&mut self, index: usize) -> Result<()> {
-        let lab = self.state.name.clone();
-        let host = self.state.hosts[index].clone();
-        let ns = host_netns(&lab, &host.name);
-        sys::create_cgroup(&sys::cgroup_dir(&lab, Some(&host.name)))?;
-        sys::add_netns(&ns)?;
-        net::connect_host(
-            &lab,
-            &host.name,
-            &ns,
-            host.address,
-            &self.state.link_of(&host),
-        )?;
-        self.state.hosts[index].power = Power::On;
-        self.start_shim(index)?;
-        if self.daemon_expected(index) {
-            self.start_daemon(index)?;
-        }
-        Ok(())
-    }
-
-    fn power_off_host(&mut self, index: usize) -> Result<()> {
-        let lab = self.state.name.clone();
-        let host = self.state.hosts[index].name.clone();
-        sys::kill_cgroup(&sys::cgroup_dir(&lab, Some(&host)))?;
-        self.stop_shim(index)?;
-        let ns = host_netns(&lab, &host);
-        // Namespaces meshd made for this host go with it, as kernel state does in a power cut.
-        for nested in sys::netns_with_prefix(&format!("{ns}.")) {
-            sys::del_netns(&nested)?;
-        }
-        sys::del_netns(&ns)?;
-        net::disconnect_host(&lab, &host)?;
-        let record = &mut self.state.hosts[index];
-        record.power = Power::Off;
-        record.daemon_pid = None;
-        Ok(())
-    }
-
-    fn start_daemon(&mut self, index: usize) -> Result<()> {
-        let lab = self.state.name.clone();
-        let host = self.state.hosts[index].clone();
-        let meshd = self
-            .state
-            .meshd
-            .clone()
-            .expect("daemon_expected checked meshd");
-        let files = HostFiles::new(&lab, &host.name);
-        fs::create_dir_all(files.state_dir())
-            .map_err(LabError::io("creating", files.state_dir()))?;
-        fs::write(files.config(), daemon_config(&host, &files))
-            .map_err(LabError::io("writing", files.config()))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(files.log())
-            .map_err(LabError::io("opening", files.log()))?;
-        let log_err = log
-            .try_clone()
-            .map_err(LabError::io("opening", files.log()))?;
-        let ns = host_netns(&lab, &host.name);
-        let mut command = Command::new(&meshd);
-        command
-            .arg("--config")
-            .arg(files.config())
-            .env("MESH_LAB", &lab)
-            .env("MESH_NETNS_PREFIX", format!("{ns}."))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let cgroup = sys::cgroup_dir(&lab, Some(&host.name));
-        let _entry = sys::enter_netns(&mut command, &ns, Some(&cgroup))?;
-        // SAFETY: setsid is async-signal-safe; a new session keeps the daemon out of the
-        // terminal's process group, so ^C on meshctl does not reach it.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(LabError::io("starting", &meshd))?;
-        self.state.hosts[index].daemon_pid = Some(child.id() as i32);
-        Ok(())
-    }
-
-    fn wait_daemon_ready(&self, index: usize) -> Result<()> {
-        let host = &self.state.hosts[index];
-        let Some(pid) = host.daemon_pid else {
-            return Ok(());
-        };
-        let files = HostFiles::new(&self.state.name, &host.name);
-        let socket = files.control_socket();
-        let ready = sys::wait_until(DAEMON_READY_TIMEOUT, || {
-            socket.exists() || !sys::process_alive(pid)
-        });
-        if ready && sys::process_alive(pid) {
-            return Ok(());
-        }
-        let log = fs::read_to_string(files.log()).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        Err(LabError::Command {
-            command: format!("meshd on {}", host.name),
-            detail: format!(
-                "{} before opening {}; last log lines:\n{}",
-                if ready {
-                    "exited"
-                } else {
-                    "not ready after 20 s"
-                },
-                socket.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ),
-        })
-    }
-
-    fn start_shim(&mut self, index: usize) -> Result<()> {
-        let lab = self.state.name.clone();
-        let host = self.state.hosts[index].clone();
-        let link = self.state.link_of(&host);
-        if !link.needs_shim() || host.power == Power::Off {
-            return Ok(());
-        }
-        let shim = binaries::find(LINKSHIM)?;
-        let cgroup = shim_cgroup(&lab, &host.name);
-        sys::create_cgroup(&cgroup)?;
-        let mut command = Command::new(&shim);
-        command
-            .arg(spec::switch_port(&host.name))
-            .arg(net::shim_port(&host.name))
-            .arg(link.delay_ms.unwrap_or(0).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let _entry = sys::enter_netns(&mut command, &switch_netns(&lab), Some(&cgroup))?;
-        let child = command.spawn().map_err(LabError::io("starting", &shim))?;
-        self.state.hosts[index].shim_pid = Some(child.id() as i32);
-        Ok(())
-    }
-
-    fn stop_shim(&mut self, index: usize) -> Result<()> {
-        let cgroup = shim_cgroup(&self.state.name, &self.state.hosts[index].name);
-        sys::destroy_cgroup(&cgroup)?;
-        self.state.hosts[index].shim_pid = None;
-        Ok(())
-    }
-
-    fn apply_switch_rules(&self) -> Result<()> {
+    pub(crate) fn apply_switch_rules(&self) -> Result<()> {
         let address = |name: &str| self.state.host(name).map(|h| h.address);
         let cuts = self
             .state
@@ -633,114 +496,36 @@ impl Lab {
     }
 }
 
-/// Every lab on this machine: recorded ones and the remains of crashed ones.
-pub fn list() -> Result<Vec<LabSummary>> {
-    let mut names = BTreeSet::new();
-    if let Ok(entries) = fs::read_dir(root_dir()) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                names.extend(entry.file_name().into_string().ok());
-            }
-        }
+/// A lab that is removed when dropped, also while a panic unwinds: what tests and benchmarks use
+/// so they never leave a lab behind.
+pub struct ScopedLab(Lab);
+
+impl ScopedLab {
+    /// Brings up a lab that lives as long as the returned value.
+    pub fn up(spec: &LabSpec) -> Result<ScopedLab> {
+        Lab::up(spec).map(ScopedLab)
     }
-    for ns in sys::netns_with_prefix("mlab.") {
-        if let Some(name) = ns.split('.').nth(1) {
-            names.insert(name.to_string());
-        }
-    }
-    if let Ok(entries) = fs::read_dir(sys::cgroup_parent()) {
-        names.extend(
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok()),
-        );
-    }
-    names
-        .into_iter()
-        .filter(|name| spec::validate_lab_name(name).is_ok())
-        .map(|name| {
-            Ok(match LabState::load(&name) {
-                Ok(Some(state)) => {
-                    let lab = Lab { state };
-                    let status = lab.status();
-                    let hosts_on = status.iter().filter(|h| h.power == Power::On).count();
-                    let missing = lab
-                        .hosts()
-                        .iter()
-                        .filter(|h| h.power == Power::On && !sys::netns_exists(&host_netns(&name, &h.name)))
-                        .count();
-                    LabSummary {
-                        hosts: status.len(),
-                        hosts_on,
-                        daemons_running: status.iter().filter(|h| h.daemon == "running").count(),
-                        condition: if missing == 0 {
-                            "ok".into()
-                        } else {
-                            format!("{missing} hosts lost their namespace (reboot?); run `meshctl lab down {name}`")
-                        },
-                        name,
-                    }
-                }
-                Ok(None) | Err(_) => LabSummary {
-                    condition: format!("incomplete (no usable record); run `meshctl lab down {name}`"),
-                    name,
-                    hosts: 0,
-                    hosts_on: 0,
-                    daemons_running: 0,
-                },
-            })
-        })
-        .collect()
 }
 
-/// What of lab `name` already exists, if anything.
-fn existing_resources(name: &str) -> Option<String> {
-    let mut found = Vec::new();
-    if LabState::dir(name).exists() {
-        found.push(format!("files in {}", LabState::dir(name).display()));
+impl std::ops::Deref for ScopedLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.0
     }
-    let namespaces = sys::netns_with_prefix(&netns_prefix(name));
-    if !namespaces.is_empty() {
-        found.push(format!("{} network namespaces", namespaces.len()));
-    }
-    if sys::cgroup_dir(name, None).exists() {
-        found.push("a cgroup".into());
-    }
-    (!found.is_empty()).then(|| found.join(", "))
 }
 
-/// Removes everything of lab `name`; returns whether anything was there.
-fn teardown(name: &str) -> Result<bool> {
-    let mut found = false;
-    let cgroup = sys::cgroup_dir(name, None);
-    if cgroup.exists() {
-        found = true;
-        sys::destroy_cgroup(&cgroup)?;
+impl std::ops::DerefMut for ScopedLab {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.0
     }
-    // Processes that entered a lab namespace from outside the cgroup (ip netns exec by hand).
-    let namespaces = sys::netns_with_prefix(&netns_prefix(name));
-    for ns in &namespaces {
-        for pid in sys::netns_pids(ns) {
-            sys::signal(pid, libc::SIGKILL);
-        }
-    }
-    for ns in namespaces.iter().rev() {
-        found = true;
-        sys::del_netns(ns)?;
-    }
-    let dir = LabState::dir(name);
-    if dir.exists() {
-        found = true;
-        for mount in sys::mounts_under(&dir) {
-            sys::unmount(&mount)?;
-        }
-        fs::remove_dir_all(&dir).map_err(LabError::io("removing", &dir))?;
-    }
-    Ok(found)
 }
 
-fn shim_cgroup(lab: &str, host: &str) -> PathBuf {
-    sys::cgroup_dir(lab, Some(&format!("shim-{host}")))
+impl Drop for ScopedLab {
+    fn drop(&mut self) {
+        if let Err(err) = Lab::down(self.0.name()) {
+            eprintln!("removing lab {}: {err}", self.0.name());
+        }
+    }
 }
 
 fn ordered(a: &str, b: &str) -> (String, String) {
@@ -757,22 +542,6 @@ fn require_root() -> Result<()> {
     } else {
         Err(LabError::NotRoot)
     }
-}
-
-/// meshd's configuration for a lab host (the format meshd documents in its --help).
-fn daemon_config(host: &HostState, files: &HostFiles) -> String {
-    format!(
-        "# Written by the lab for host {name}; the lab rewrites it on every start.\n\
-         node_name = \"{name}\"\n\
-         listen_addr = \"{addr}:{CLUSTER_PORT}\"\n\
-         advertise_addr = \"{addr}\"\n\
-         data_path_port = {DATA_PATH_PORT}\n\
-         state_dir = \"{state}\"\n\
-         log_level = \"info\"\n",
-        name = host.name,
-        addr = host.address,
-        state = files.state_dir().display(),
-    )
 }
 
 #[cfg(test)]

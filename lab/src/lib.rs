@@ -14,6 +14,8 @@
 
 mod binaries;
 mod error;
+mod host;
+mod inventory;
 mod lab;
 pub mod linkshim;
 mod net;
@@ -23,7 +25,8 @@ mod sys;
 
 pub use binaries::{find as find_binary, Binary, LINKSHIM, MESHD};
 pub use error::{LabError, Result};
-pub use lab::{list, HostStatus, Lab, LabSummary};
+pub use inventory::list;
+pub use lab::{HostStatus, Lab, LabSummary, ScopedLab};
 pub use spec::{host_netns, netns_prefix, switch_netns, HostPlan, LabSpec, LinkParams, Role};
 pub use state::{root_dir, HostFiles, HostState, LabState, Power};
 pub use sys::in_netns;

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use crate::error::Result;
 use crate::spec::{switch_netns, switch_port, LinkParams, UNDERLAY_PREFIX};
-use crate::sys::{self, run, run_in, run_in_with_input};
+use crate::sys::{self, run_in, run_in_with_input};
 
 /// The bridge inside the switch namespace.
 pub const BRIDGE: &str = "br0";
@@ -47,8 +47,8 @@ pub fn bridge_port(host: &str, link: &LinkParams) -> String {
 pub fn create_switch(lab: &str) -> Result<()> {
     let ns = switch_netns(lab);
     sys::add_netns(&ns)?;
-    run("ip", ["-n", &ns, "link", "add", BRIDGE, "type", "bridge"])?;
-    run("ip", ["-n", &ns, "link", "set", BRIDGE, "up"])?;
+    run_in(&ns, "ip", ["link", "add", BRIDGE, "type", "bridge"])?;
+    run_in(&ns, "ip", ["link", "set", BRIDGE, "up"])?;
     apply_switch_rules(lab, &[], &[])
 }
 
@@ -65,16 +65,17 @@ pub fn connect_host(
     let mtu = link.mtu().to_string();
     // A fixed MAC, as a real NIC has: after a power cycle the other hosts' ARP entries still hold.
     let mac = host_mac(address);
-    run(
+    run_in(
+        &sw,
         "ip",
         [
-            "-n", &sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", HOST_IF,
-            "address", &mac, "mtu", &mtu, "netns", host_ns,
+            "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", HOST_IF, "address",
+            &mac, "mtu", &mtu, "netns", host_ns,
         ],
     )?;
     let cidr = format!("{address}/{UNDERLAY_PREFIX}");
-    run("ip", ["-n", host_ns, "addr", "add", &cidr, "dev", HOST_IF])?;
-    run("ip", ["-n", host_ns, "link", "set", HOST_IF, "up"])?;
+    run_in(host_ns, "ip", ["addr", "add", &cidr, "dev", HOST_IF])?;
+    run_in(host_ns, "ip", ["link", "set", HOST_IF, "up"])?;
     if link.needs_shim() {
         add_shim_ports(&sw, host, &mtu)?;
         // The shim copies frames byte for byte: they must be whole, with final checksums.
@@ -82,27 +83,24 @@ pub fn connect_host(
         disable_offloads(&sw, &shim_port(host))?;
         disable_offloads(&sw, &port)?;
     } else {
-        run("ip", ["-n", &sw, "link", "set", &port, "master", BRIDGE])?;
+        run_in(&sw, "ip", ["link", "set", &port, "master", BRIDGE])?;
     }
-    run("ip", ["-n", &sw, "link", "set", &port, "up"])?;
+    run_in(&sw, "ip", ["link", "set", &port, "up"])?;
     Ok(())
 }
 
 fn add_shim_ports(sw: &str, host: &str, mtu: &str) -> Result<()> {
     let shim = shim_port(host);
     let bridge = shim_bridge_port(host);
-    run(
+    run_in(
+        sw,
         "ip",
         [
-            "-n", sw, "link", "add", &shim, "mtu", mtu, "type", "veth", "peer", "name", &bridge,
-            "mtu", mtu,
+            "link", "add", &shim, "mtu", mtu, "type", "veth", "peer", "name", &bridge, "mtu", mtu,
         ],
     )?;
-    run(
-        "ip",
-        ["-n", sw, "link", "set", &bridge, "master", BRIDGE, "up"],
-    )?;
-    run("ip", ["-n", sw, "link", "set", &shim, "up"])?;
+    run_in(sw, "ip", ["link", "set", &bridge, "master", BRIDGE, "up"])?;
+    run_in(sw, "ip", ["link", "set", &shim, "up"])?;
     Ok(())
 }
 
@@ -128,7 +126,7 @@ pub fn disconnect_host(lab: &str, host: &str) -> Result<()> {
     let sw = switch_netns(lab);
     for dev in [switch_port(host), shim_port(host)] {
         // Deleting one end of a veth deletes both; a missing device is what we want.
-        let _ = run("ip", ["-n", &sw, "link", "del", &dev]);
+        let _ = run_in(&sw, "ip", ["link", "del", &dev]);
     }
     Ok(())
 }
@@ -137,27 +135,14 @@ pub fn disconnect_host(lab: &str, host: &str) -> Result<()> {
 pub fn set_mtu(lab: &str, host: &str, host_ns: &str, link: &LinkParams) -> Result<()> {
     let sw = switch_netns(lab);
     let mtu = link.mtu().to_string();
-    run("ip", ["-n", host_ns, "link", "set", HOST_IF, "mtu", &mtu])?;
-    run(
-        "ip",
-        ["-n", &sw, "link", "set", &switch_port(host), "mtu", &mtu],
-    )?;
+    run_in(host_ns, "ip", ["link", "set", HOST_IF, "mtu", &mtu])?;
+    run_in(&sw, "ip", ["link", "set", &switch_port(host), "mtu", &mtu])?;
     if link.needs_shim() {
-        run(
+        run_in(&sw, "ip", ["link", "set", &shim_port(host), "mtu", &mtu])?;
+        run_in(
+            &sw,
             "ip",
-            ["-n", &sw, "link", "set", &shim_port(host), "mtu", &mtu],
-        )?;
-        run(
-            "ip",
-            [
-                "-n",
-                &sw,
-                "link",
-                "set",
-                &shim_bridge_port(host),
-                "mtu",
-                &mtu,
-            ],
+            ["link", "set", &shim_bridge_port(host), "mtu", &mtu],
         )?;
     }
     Ok(())

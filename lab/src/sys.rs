@@ -202,7 +202,7 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 /// Creates a named network namespace with its loopback up.
 pub fn add_netns(name: &str) -> Result<()> {
     run("ip", ["netns", "add", name])?;
-    run("ip", ["-n", name, "link", "set", "lo", "up"])?;
+    run_in(name, "ip", ["link", "set", "lo", "up"])?;
     Ok(())
 }
 

@@ -5,11 +5,11 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use lab::in_netns;
-use lab::{Lab, LabSpec};
+use lab::{Lab, LabSpec, ScopedLab};
 
 /// A lab owned by one test; dropping it (also while a panic unwinds) runs `lab down`.
 pub struct TestLab {
-    lab: Lab,
+    lab: ScopedLab,
 }
 
 impl TestLab {
@@ -17,7 +17,7 @@ impl TestLab {
     pub fn up(tag: &str, configure: impl FnOnce(&mut LabSpec)) -> TestLab {
         let mut spec = LabSpec::new(&unique_name(tag), 0, 0);
         configure(&mut spec);
-        let lab = Lab::up(&spec).unwrap_or_else(|err| panic!("lab up {}: {err}", spec.name));
+        let lab = ScopedLab::up(&spec).unwrap_or_else(|err| panic!("lab up {}: {err}", spec.name));
         TestLab { lab }
     }
 
@@ -70,14 +70,6 @@ impl TestLab {
     /// The lab's name.
     pub fn name(&self) -> &str {
         self.lab.name()
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        if let Err(err) = Lab::down(self.lab.name()) {
-            eprintln!("cleaning up lab {}: {err}", self.lab.name());
-        }
     }
 }
 

@@ -335,11 +335,11 @@ fn down_cleans_up_after_a_crashed_up() {
     };
     run(&["netns", "add", &ns]);
     run(&["netns", "add", &lab::switch_netns(&name)]);
-    let mut stray = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "sleep", "600"])
+    let mut stray = std::process::Command::new("nsenter")
+        .args([&format!("--net=/run/netns/{ns}"), "sleep", "600"])
         .spawn()
         .unwrap();
-    // `ip netns exec` enters the namespace after it has started: wait until it has.
+    // nsenter enters the namespace after it has started: wait until it has.
     let in_ns = || {
         let out = std::process::Command::new("ip")
             .args(["netns", "pids", &ns])
