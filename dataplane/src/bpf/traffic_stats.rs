@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::Xdp;
 pub use aya::programs::XdpMode;
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 
 use super::BpfError;
 
@@ -77,6 +77,15 @@ pub struct TrafficCounter {
 // SAFETY: two u64 fields, repr(C), no padding, every bit pattern valid.
 unsafe impl aya::Pod for TrafficCounter {}
 
+/// What the program does with a frame after counting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass every frame on: a pure meter.
+    Pass,
+    /// Drop IPv4 UDP, pass the rest: the XDP_DROP limit for packet-rate benchmarks.
+    DropIpv4Udp,
+}
+
 /// The program, attached to one interface for as long as this value lives.
 pub struct TrafficStats {
     // Dropping the Ebpf object detaches the program and frees its maps.
@@ -86,17 +95,25 @@ pub struct TrafficStats {
 }
 
 impl TrafficStats {
-    /// Loads the program and attaches it to `interface` in the calling thread's network
-    /// namespace, in the given XDP mode.
+    /// Loads the program as a pure meter and attaches it to `interface` in the calling
+    /// thread's network namespace, in the given XDP mode.
     pub fn attach(interface: &str, mode: XdpMode) -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/xdp_stats.o"
-        )))
-        .map_err(|source| BpfError::Load {
-            object: OBJECT,
-            source: Box::new(source),
-        })?;
+        Self::attach_with(interface, mode, Verdict::Pass)
+    }
+
+    /// As `attach`, with the verdict the program gives after counting.
+    pub fn attach_with(interface: &str, mode: XdpMode, verdict: Verdict) -> Result<Self, BpfError> {
+        let drop_ipv4_udp = u8::from(verdict == Verdict::DropIpv4Udp);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("drop_ipv4_udp", &drop_ipv4_udp, true)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/xdp_stats.o"
+            )))
+            .map_err(|source| BpfError::Load {
+                object: OBJECT,
+                source: Box::new(source),
+            })?;
 
         let program_error = |operation, source| BpfError::Program {
             operation,
