@@ -20,6 +20,13 @@ trap 'rm -f "$log"' EXIT
 set +e
 timeout --signal=KILL 2400 cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+
+# The benchmark harness in quick mode: every suite end to end on tiny sizes, so it never rots.
+# It reports figures; it asserts none.
+echo "== bench smoke (mesh-bench --quick)"
+timeout --signal=KILL 900 target/debug/mesh-bench --quick
+bench_status=$?
+[ "$bench_status" -eq 0 ] || status=1
 set -e
 
 # One closing line for the whole suite, summed over every test binary.

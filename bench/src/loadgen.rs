@@ -1,0 +1,224 @@
+//! In-process traffic for the suites: a TCP echo for request/response latency, a small HTTP
+//! server for the ingress backends, and a UDP blaster for packet rates. Sockets are created on
+//! a thread inside a lab namespace (`lab::in_netns`) and keep that namespace for life, so the
+//! work itself runs on ordinary threads.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// A server running on its own threads until dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Workers poll the flag between non-blocking accepts, and within their read timeout
+        // while serving.
+        self.stop.store(true, Ordering::SeqCst);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// What a server does with each accepted connection.
+#[derive(Clone, Copy)]
+pub enum Protocol {
+    /// Echo every read back (request/response latency).
+    Echo,
+    /// Answer HTTP/1.1 GETs with a small fixed body, honouring keep-alive and close.
+    Http,
+}
+
+/// Threads serving connections; one connection occupies a thread until it closes, so this
+/// bounds the concurrent connections a server handles (the suites use at most 32).
+const SERVER_THREADS: usize = 64;
+
+/// Starts a server on `addr` inside network namespace `netns`: a fixed pool of threads, each
+/// accepting and serving one connection at a time, so no thread is created per connection and
+/// connection-per-request rates measure the network path rather than thread creation.
+pub fn serve(netns: &str, addr: SocketAddr, protocol: Protocol) -> Result<Server> {
+    let listener = lab::in_netns(netns, move || TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr} in {netns}"))?;
+    // Non-blocking accept lets every worker notice the stop flag promptly.
+    listener.set_nonblocking(true)?;
+    let listener = Arc::new(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = (0..SERVER_THREADS)
+        .map(|_| {
+            let (listener, stop) = (Arc::clone(&listener), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_nodelay(true);
+                            let _ = match protocol {
+                                Protocol::Echo => echo(stream, &stop),
+                                Protocol::Http => http(stream, &stop),
+                            };
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        })
+        .collect();
+    Ok(Server { stop, workers })
+}
+
+fn echo(mut stream: TcpStream, stop: &AtomicBool) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => stream.write_all(&buf[..n])?,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+const HTTP_BODY: &str = "mesh bench backend\n";
+
+fn http(mut stream: TcpStream, stop: &AtomicBool) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = [0u8; 8192];
+    let mut pending = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(err) => return Err(err),
+        };
+        pending.extend_from_slice(&buf[..n]);
+        // Answer every complete request in the buffer (wrk pipelines nothing, but be exact).
+        while let Some(end) = find(&pending, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+            pending.drain(..end + 4);
+            let close = head.contains("\r\nconnection: close");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{}\r\n{HTTP_BODY}",
+                HTTP_BODY.len(),
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            stream.write_all(response.as_bytes())?;
+            if close {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Round-trip times, in microseconds, of `count` exchanges of `size` bytes over one TCP
+/// connection from namespace `netns` to an echo server at `target`.
+pub fn tcp_rr(netns: &str, target: SocketAddr, count: usize, size: usize) -> Result<Vec<f64>> {
+    let mut stream = lab::in_netns(netns, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(3))
+    })?
+    .with_context(|| format!("connecting to {target} from {netns}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let request = vec![0x5au8; size];
+    let mut reply = vec![0u8; size];
+    // Warm up: caches, ARP, the server thread.
+    for _ in 0..count.min(100) / 10 + 1 {
+        stream.write_all(&request)?;
+        stream.read_exact(&mut reply)?;
+    }
+    let mut rtts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut reply)?;
+        rtts.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(rtts)
+}
+
+/// Sends 60-byte frames (18 bytes of UDP payload) from `netns` to `target` as fast as
+/// `threads` threads can for `duration`, in batches with sendmmsg. Returns how many were sent.
+pub fn udp_blast(
+    netns: &str,
+    target: SocketAddr,
+    duration: Duration,
+    threads: usize,
+) -> Result<u64> {
+    let senders: Vec<_> = (0..threads)
+        .map(|_| {
+            let netns = netns.to_string();
+            std::thread::spawn(move || udp_blast_one(&netns, target, duration))
+        })
+        .collect();
+    let mut sent = 0;
+    for sender in senders {
+        sent += sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("UDP sender thread panicked"))??;
+    }
+    Ok(sent)
+}
+
+fn udp_blast_one(netns: &str, target: SocketAddr, duration: Duration) -> Result<u64> {
+    let socket = lab::in_netns(netns, || UdpSocket::bind("0.0.0.0:0"))?
+        .context("binding the UDP blaster")?;
+    socket.connect(target)?;
+    const BATCH: usize = 64;
+    let payload = [0xa5u8; 18];
+    let mut iov: Vec<libc::iovec> = (0..BATCH)
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zeroed is a valid empty header that we fill below.
+    let mut headers: Vec<libc::mmsghdr> =
+        (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (header, iov) in headers.iter_mut().zip(iov.iter_mut()) {
+        header.msg_hdr.msg_iov = iov;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    let deadline = Instant::now() + duration;
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        // SAFETY: headers point at iovecs and a payload that outlive the call; the socket is
+        // connected, so no destination address is needed.
+        let n =
+            unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0) };
+        if n > 0 {
+            sent += n as u64;
+        }
+    }
+    Ok(sent)
+}

@@ -1,0 +1,26 @@
+//! The suites, by name. Each builds its own lab and returns its metrics, what it cannot measure
+//! yet, and notes on how it measured.
+
+use anyhow::Result;
+
+use crate::ctx::{Ctx, Outcome};
+
+mod dns;
+mod ingress;
+pub mod overlay;
+mod pending;
+mod raft;
+
+/// A suite's entry point.
+pub type Runner = fn(&Ctx) -> Result<Outcome>;
+
+/// Every suite, in the order `all` runs them.
+pub const ALL: &[(&str, Runner)] = &[
+    ("overlay", overlay::run),
+    ("ingress", ingress::run),
+    ("raft", raft::run),
+    ("dns", dns::run),
+    ("control", pending::control),
+    ("gossip", pending::gossip),
+    ("scheduler", pending::scheduler),
+];

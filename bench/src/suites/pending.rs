@@ -1,0 +1,60 @@
+//! Suites whose subject does not exist yet. They say so plainly instead of producing a number.
+
+use anyhow::Result;
+
+use crate::ctx::{Ctx, Outcome};
+use crate::report::Pending;
+
+fn pending(items: &[(&str, &str)]) -> Result<Outcome> {
+    Ok(Outcome {
+        metrics: Vec::new(),
+        pending: items
+            .iter()
+            .map(|(what, reason)| Pending {
+                what: what.to_string(),
+                reason: reason.to_string(),
+            })
+            .collect(),
+        notes: Vec::new(),
+    })
+}
+
+/// Service convergence and rescheduling times.
+pub fn control(_: &Ctx) -> Result<Outcome> {
+    pending(&[
+        (
+            "time from `service create --replicas N` to N running (N = 10, 100)",
+            "services and tasks are not built yet (issue 5)",
+        ),
+        (
+            "time from a host kill to its tasks running elsewhere",
+            "services and tasks are not built yet (issue 5)",
+        ),
+        (
+            "failed requests during a rolling update under load",
+            "rolling updates are not built yet (issue 9)",
+        ),
+    ])
+}
+
+/// Membership propagation.
+pub fn gossip(_: &Ctx) -> Result<Outcome> {
+    pending(&[
+        (
+            "time for a membership change to reach every node, 5-host lab",
+            "gossip is not built yet (issue 7)",
+        ),
+        (
+            "the same in a 1000-node simulation",
+            "gossip is not built yet (issue 7)",
+        ),
+    ])
+}
+
+/// Placement speed.
+pub fn scheduler(_: &Ctx) -> Result<Outcome> {
+    pending(&[(
+        "time to place 10 k tasks on 1000 simulated nodes",
+        "the scheduler is not built yet (issue 5)",
+    )])
+}
