@@ -20,6 +20,12 @@ pub const MESHD: Binary = Binary {
     env: "MESH_MESHD_BIN",
 };
 
+/// The CLI (tests run it inside lab hosts).
+pub const MESHCTL: Binary = Binary {
+    name: "meshctl",
+    env: "MESH_MESHCTL_BIN",
+};
+
 /// The userspace link emulator for delayed links.
 pub const LINKSHIM: Binary = Binary {
     name: "mesh-linkshim",

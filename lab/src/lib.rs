@@ -23,7 +23,7 @@ mod spec;
 mod state;
 mod sys;
 
-pub use binaries::{find as find_binary, Binary, LINKSHIM, MESHD};
+pub use binaries::{find as find_binary, Binary, LINKSHIM, MESHCTL, MESHD};
 pub use error::{LabError, Result};
 pub use inventory::list;
 pub use lab::{HostStatus, Lab, LabSummary, ScopedLab};

@@ -325,6 +325,14 @@ fn down_leaves_nothing_behind() {
 fn down_cleans_up_after_a_crashed_up() {
     // What a crash half way through `up` leaves: namespaces and a process in one, no record.
     let name = netns_tests::unique_name("crash");
+    // Should an assertion below fail first, still remove what this test made.
+    struct DownOnDrop(String);
+    impl Drop for DownOnDrop {
+        fn drop(&mut self) {
+            let _ = Lab::down(&self.0);
+        }
+    }
+    let _cleanup = DownOnDrop(name.clone());
     let ns = lab::host_netns(&name, "m1");
     let run = |args: &[&str]| {
         assert!(std::process::Command::new("ip")

@@ -107,13 +107,13 @@ pub struct UpArgs {
     #[arg(long)]
     name: String,
     /// Manager hosts (m1, m2, ...).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     managers: usize,
     /// Worker hosts (w1, w2, ...).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     workers: usize,
     /// Client hosts without meshd, for load generators (c1, c2, ...).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     clients: usize,
     /// Leave the hosts without meshd.
     #[arg(long)]

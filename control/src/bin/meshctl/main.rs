@@ -89,3 +89,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab(command) => lab_cmd::run(command),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_is_well_formed_and_has_help() {
+        Cli::command().debug_assert();
+        for sub in Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for nested in sub.get_subcommands() {
+                assert!(
+                    nested.get_about().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    nested.get_name()
+                );
+            }
+        }
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => panic!("{args:?} parsed as {cli:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn malformed_flags_are_refused_naming_the_fix() {
+        assert!(
+            refused(&["meshctl", "lab", "up", "--name", "x", "--managers", "-1"])
+                .contains("--managers")
+        );
+        assert!(refused(&["meshctl", "lab", "up", "--managers", "3"]).contains("--name"));
+        assert!(refused(&["meshctl", "lab", "partition", "demo", "m1"]).contains("--from"));
+        assert!(refused(&["meshctl", "lab", "exec", "demo", "m1"]).contains("CMD"));
+        let err = refused(&["meshctl", "lab", "ls", "--format", "yaml"]);
+        assert!(err.contains("table") && err.contains("json"), "{err}");
+        assert!(
+            refused(&["meshctl", "lab", "link", "demo", "m1", "--mtu", "big"]).contains("--mtu")
+        );
+    }
+
+    #[test]
+    fn exec_passes_everything_after_the_separator() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "lab",
+            "exec",
+            "demo",
+            "m1",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "198.18.0.2",
+        ])
+        .unwrap();
+        let Command::Lab(lab_cmd::LabCommand::Exec { command, .. }) = cli.command else {
+            panic!("not an exec");
+        };
+        assert_eq!(command, ["ping", "-c", "1", "198.18.0.2"]);
+    }
+}
