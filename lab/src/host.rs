@@ -47,6 +47,9 @@ impl Lab {
     pub(crate) fn power_off_host(&mut self, index: usize) -> Result<()> {
         let lab = self.state.name.clone();
         let host = self.state.hosts[index].name.clone();
+        // Cut the wire before the processes die: a host that loses power sends nothing, so the
+        // kernel's FINs and RSTs for the dying sockets must not reach the peers.
+        net::disconnect_host(&lab, &host)?;
         sys::kill_cgroup(&sys::cgroup_dir(&lab, Some(&host)))?;
         self.stop_shim(index)?;
         let ns = host_netns(&lab, &host);
@@ -55,7 +58,6 @@ impl Lab {
             sys::del_netns(&nested)?;
         }
         sys::del_netns(&ns)?;
-        net::disconnect_host(&lab, &host)?;
         let record = &mut self.state.hosts[index];
         record.power = Power::Off;
         record.daemon_pid = None;
