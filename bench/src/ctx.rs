@@ -26,6 +26,16 @@ pub struct Outcome {
     pub notes: Vec<String>,
 }
 
+/// What names this process's labs end with.
+fn process_tag() -> u32 {
+    std::process::id() % 100_000
+}
+
+/// Whether lab `name` was made by this process.
+pub fn owned_by_this_process(name: &str) -> bool {
+    name.starts_with("bench-") && name.ends_with(&format!("-{}", process_tag()))
+}
+
 impl Ctx {
     /// Settings for a run.
     pub fn new(quick: bool, repeat: usize) -> Self {
@@ -48,7 +58,7 @@ impl Ctx {
 
     /// A lab for one suite, without meshd unless asked; removed when dropped.
     pub fn lab(&self, suite: &str, configure: impl FnOnce(&mut LabSpec)) -> Result<ScopedLab> {
-        let name = format!("bench-{suite}-{}", std::process::id() % 100_000);
+        let name = format!("bench-{suite}-{}", process_tag());
         let mut spec = LabSpec::new(&name, 0, 0);
         spec.start_daemons = false;
         configure(&mut spec);

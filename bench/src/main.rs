@@ -40,7 +40,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    remove_labs_on_signal();
+    match run(args) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mesh-bench: {err:#}");
@@ -104,6 +106,38 @@ fn run(args: Args) -> Result<ExitCode> {
         eprintln!("failed suites: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// A benchmark stopped with ^C or SIGTERM must not leave its lab behind: block both signals in
+/// every thread and let one thread wait for them, remove this process's labs and exit.
+/// (Child processes start with an empty signal mask: std resets it.)
+fn remove_labs_on_signal() {
+    // SAFETY: sigset_t is plain data initialized by sigemptyset before use; pthread_sigmask
+    // only changes this thread's mask (inherited by threads spawned after it).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: set is a valid, initialized signal set; signal is a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            return;
+        }
+        eprintln!("mesh-bench: signal {signal}, removing this run's labs");
+        for lab in lab::list().unwrap_or_default() {
+            if ctx::owned_by_this_process(&lab.name) {
+                if let Err(err) = lab::Lab::down(&lab.name) {
+                    eprintln!("removing lab {}: {err}", lab.name);
+                }
+            }
+        }
+        std::process::exit(128 + signal);
+    });
 }
 
 fn select(requested: &[String]) -> Result<Vec<&'static str>> {
