@@ -1,9 +1,12 @@
 //! Mesh's control plane: configuration, the node daemon's lifecycle and its local API. The
 //! binaries `meshd` and `meshctl` are thin wiring over these modules.
 
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod local_api;
+pub mod raft;
+pub mod store;
 
 /// An error and its causes on one line, each cause once: library errors often repeat their
 /// source in their own message, and printing the chain naively would say it twice.

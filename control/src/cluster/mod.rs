@@ -1,0 +1,5 @@
+//! Cluster membership primitives: the CA and node identities, join tokens, quorum arithmetic.
+
+pub mod ca;
+pub mod quorum;
+pub mod token;

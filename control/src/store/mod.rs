@@ -1,0 +1,324 @@
+//! The cluster store: the replicated state every manager holds, and the commands that change
+//! it. Applying a command is a pure function of the state, so every manager reaches the same
+//! state from the same log, and every rule here is unit-tested without Raft.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's Raft and cluster ID.
+pub type NodeId = u64;
+
+/// What a node does in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Raft voter; serves the API.
+    Manager,
+    /// Runs tasks.
+    Worker,
+}
+
+/// Whether the scheduler may use a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// New tasks may land here.
+    Active,
+    /// Running tasks stay, no new ones come.
+    Pause,
+    /// Tasks move elsewhere.
+    Drain,
+}
+
+/// Whether a node's heartbeats arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Heartbeats arrive.
+    Ready,
+    /// Heartbeats stopped for longer than the down timeout.
+    Down,
+}
+
+/// The cluster's identity and credentials.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Random ID chosen at init.
+    pub id: String,
+    /// CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// CA key, PEM (managers sign node certificates with it).
+    pub ca_key_pem: String,
+    /// Secret of the current worker join token.
+    pub worker_secret: String,
+    /// Secret of the current manager join token.
+    pub manager_secret: String,
+    /// VXLAN port chosen at init.
+    pub data_path_port: u16,
+    /// Seconds since the epoch at init.
+    pub created_unix: u64,
+}
+
+// Secrets and the CA key never reach logs.
+impl std::fmt::Debug for ClusterInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterInfo")
+            .field("id", &self.id)
+            .field("data_path_port", &self.data_path_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One node as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Cluster-wide ID (also its Raft ID).
+    pub id: NodeId,
+    /// Hostname / node name.
+    pub name: String,
+    /// Address other nodes reach it at, host:port of its cluster listener.
+    pub addr: String,
+    /// Manager or worker.
+    pub role: Role,
+    /// Scheduling availability.
+    pub availability: Availability,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Ready or Down.
+    pub status: NodeStatus,
+    /// meshd version it last reported.
+    pub version: String,
+}
+
+/// A change to the cluster store; the Raft log is a sequence of these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first command of a cluster.
+    InitCluster(ClusterInfo),
+    /// A node joined.
+    AddNode(NodeRecord),
+    /// An operator changed availability or labels.
+    UpdateNode {
+        id: NodeId,
+        availability: Option<Availability>,
+        label_add: BTreeMap<String, String>,
+        label_rm: Vec<String>,
+    },
+    /// Promotion or demotion.
+    SetRole { id: NodeId, role: Role },
+    /// Liveness changed.
+    SetStatus { id: NodeId, status: NodeStatus },
+    /// A node left or was removed.
+    RemoveNode { id: NodeId },
+    /// A join token was rotated.
+    RotateSecret { role: Role, secret: String },
+}
+
+/// The outcome of applying a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied.
+    Ok,
+    /// Refused; the state is unchanged. The message says why.
+    Refused(String),
+}
+
+/// The replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set by InitCluster.
+    pub cluster: Option<ClusterInfo>,
+    /// Every node, by ID.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+impl ClusterState {
+    /// Applies one command. A refused command leaves the state exactly as it was.
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        let refused = |why: String| CommandResult::Refused(why);
+        match command {
+            Command::InitCluster(info) => {
+                if self.cluster.is_some() {
+                    return refused("the cluster is already initialized".into());
+                }
+                self.cluster = Some(info);
+            }
+            Command::AddNode(node) => {
+                if self.nodes.contains_key(&node.id) {
+                    return refused(format!("node ID {} is taken", node.id));
+                }
+                if self.nodes.values().any(|n| n.name == node.name) {
+                    return refused(format!(
+                        "a node named {} is already in the cluster; remove it (`meshctl node rm`) or give this node another --node-name",
+                        node.name
+                    ));
+                }
+                self.nodes.insert(node.id, node);
+            }
+            Command::UpdateNode {
+                id,
+                availability,
+                label_add,
+                label_rm,
+            } => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return refused(format!("no node with ID {id}"));
+                };
+                if let Some(availability) = availability {
+                    node.availability = availability;
+                }
+                for key in label_rm {
+                    node.labels.remove(&key);
+                }
+                node.labels.extend(label_add);
+            }
+            Command::SetRole { id, role } => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return refused(format!("no node with ID {id}"));
+                };
+                node.role = role;
+            }
+            Command::SetStatus { id, status } => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return refused(format!("no node with ID {id}"));
+                };
+                node.status = status;
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(&id).is_none() {
+                    return refused(format!("no node with ID {id}"));
+                }
+            }
+            Command::RotateSecret { role, secret } => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return refused("the cluster is not initialized".into());
+                };
+                match role {
+                    Role::Worker => cluster.worker_secret = secret,
+                    Role::Manager => cluster.manager_secret = secret,
+                }
+            }
+        }
+        CommandResult::Ok
+    }
+
+    /// The managers, by ID.
+    pub fn managers(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values().filter(|n| n.role == Role::Manager)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: NodeId, name: &str, role: Role) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: name.into(),
+            addr: format!("198.18.0.{id}:2377"),
+            role,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status: NodeStatus::Ready,
+            version: "0.1.0".into(),
+        }
+    }
+
+    fn info() -> ClusterInfo {
+        ClusterInfo {
+            id: "c1".into(),
+            ca_cert_pem: "cert".into(),
+            ca_key_pem: "key".into(),
+            worker_secret: "w".into(),
+            manager_secret: "m".into(),
+            data_path_port: 4789,
+            created_unix: 0,
+        }
+    }
+
+    #[test]
+    fn init_happens_once() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.apply(Command::InitCluster(info())), CommandResult::Ok);
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(Command::InitCluster(info())),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn nodes_are_added_updated_and_removed() {
+        let mut state = ClusterState::default();
+        assert_eq!(
+            state.apply(Command::AddNode(node(1, "m1", Role::Manager))),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            state.apply(Command::AddNode(node(2, "w1", Role::Worker))),
+            CommandResult::Ok
+        );
+        let update = Command::UpdateNode {
+            id: 2,
+            availability: Some(Availability::Drain),
+            label_add: [("zone".to_string(), "east".to_string())].into(),
+            label_rm: vec![],
+        };
+        assert_eq!(state.apply(update), CommandResult::Ok);
+        assert_eq!(state.nodes[&2].availability, Availability::Drain);
+        assert_eq!(state.nodes[&2].labels["zone"], "east");
+        assert_eq!(
+            state.apply(Command::SetRole {
+                id: 2,
+                role: Role::Manager
+            }),
+            CommandResult::Ok
+        );
+        assert_eq!(state.managers().count(), 2);
+        assert_eq!(
+            state.apply(Command::RemoveNode { id: 1 }),
+            CommandResult::Ok
+        );
+        assert_eq!(state.nodes.len(), 1);
+    }
+
+    #[test]
+    fn refused_commands_change_nothing() {
+        let mut state = ClusterState::default();
+        state.apply(Command::AddNode(node(1, "m1", Role::Manager)));
+        let before = state.clone();
+        for command in [
+            Command::AddNode(node(1, "other", Role::Worker)),
+            Command::AddNode(node(9, "m1", Role::Worker)),
+            Command::SetRole {
+                id: 7,
+                role: Role::Worker,
+            },
+            Command::SetStatus {
+                id: 7,
+                status: NodeStatus::Down,
+            },
+            Command::RemoveNode { id: 7 },
+            Command::RotateSecret {
+                role: Role::Worker,
+                secret: "x".into(),
+            },
+        ] {
+            assert!(
+                matches!(state.apply(command.clone()), CommandResult::Refused(_)),
+                "{command:?}"
+            );
+            assert_eq!(state, before, "{command:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn cluster_secrets_never_reach_debug_output() {
+        let text = format!("{:?}", info());
+        assert!(!text.contains("key") || !text.contains("\"key\""));
+        assert!(!text.contains("\"w\"") && !text.contains("\"m\""), "{text}");
+    }
+}
