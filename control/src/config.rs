@@ -17,6 +17,10 @@ pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 /// Where meshd keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mesh";
+/// Heartbeat silence after which a node is Down, unless configured.
+pub const DEFAULT_NODE_DOWN_AFTER_MS: u64 = 3000;
+/// The shortest down timeout: three heartbeat intervals, so one lost heartbeat never flaps a node.
+pub const MIN_NODE_DOWN_AFTER_MS: u64 = 1500;
 /// The control socket's file name inside the state directory.
 pub const CONTROL_SOCKET_NAME: &str = "meshd.sock";
 
@@ -99,6 +103,8 @@ pub struct ConfigFile {
     pub log_level: Option<LogLevel>,
     /// text or json (default text).
     pub log_format: Option<LogFormat>,
+    /// Milliseconds without heartbeats after which managers mark a node Down (default 3000).
+    pub node_down_after_ms: Option<u64>,
 }
 
 impl ConfigFile {
@@ -132,6 +138,7 @@ impl ConfigFile {
             control_socket: flags.control_socket.or(self.control_socket),
             log_level: flags.log_level.or(self.log_level),
             log_format: flags.log_format.or(self.log_format),
+            node_down_after_ms: flags.node_down_after_ms.or(self.node_down_after_ms),
         }
     }
 
@@ -195,7 +202,17 @@ impl ConfigFile {
                 ),
             ));
         }
+        let down_ms = self
+            .node_down_after_ms
+            .unwrap_or(DEFAULT_NODE_DOWN_AFTER_MS);
+        if !(MIN_NODE_DOWN_AFTER_MS..=600_000).contains(&down_ms) {
+            return Err(invalid(
+                "node_down_after_ms",
+                format!("{down_ms} is out of range; give {MIN_NODE_DOWN_AFTER_MS} to 600000 (heartbeats come every 500 ms, so a shorter timeout would flap)"),
+            ));
+        }
         Ok(Config {
+            node_down_after: std::time::Duration::from_millis(down_ms),
             node_name,
             listen_addr,
             advertise_addr,
@@ -230,6 +247,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Log format.
     pub log_format: LogFormat,
+    /// Heartbeat silence after which managers mark a node Down.
+    pub node_down_after: std::time::Duration,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -16,6 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::local_api::{DaemonStatus, Request, Response, MAX_REQUEST_BYTES};
+use crate::manager::ManagerSettings;
+use crate::node::runtime::{ClusterNode, NodeSettings};
 
 /// Errors that stop meshd from starting or running.
 #[derive(Debug, Error)]
@@ -42,6 +44,9 @@ pub enum DaemonError {
     /// A signal handler cannot be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The node's cluster side could not resume.
+    #[error("resuming cluster membership: {0}")]
+    Cluster(String),
 }
 
 /// Runs meshd until SIGTERM or SIGINT.
@@ -50,9 +55,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let listener = bind_control_socket(&config.control_socket)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let cluster = ClusterNode::new(NodeSettings {
+        state_dir: config.state_dir.clone(),
+        node_name: config.node_name.clone(),
+        listen_addr: config.listen_addr,
+        advertise_addr: config.advertise_addr,
+        data_path_port: config.data_path_port,
+        manager: ManagerSettings {
+            down_after: config.node_down_after,
+        },
+    });
+    cluster.resume().await.map_err(DaemonError::Cluster)?;
     let shared = Arc::new(Shared {
         config,
         started: Instant::now(),
+        cluster,
     });
     tracing::info!(
         node = %shared.config.node_name,
@@ -87,6 +104,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 struct Shared {
     config: Config,
     started: Instant,
+    cluster: ClusterNode,
 }
 
 /// Holds the state directory's lock for meshd's lifetime.
@@ -140,7 +158,7 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
             }
         } else {
             match serde_json::from_str::<Request>(&line) {
-                Ok(request) => handle(request, shared),
+                Ok(request) => handle(request, shared).await,
                 Err(err) => Response::Error {
                     message: format!(
                         "malformed request ({err}); is meshctl the same version as meshd?"
@@ -155,8 +173,19 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     Ok(())
 }
 
-fn handle(request: Request, shared: &Shared) -> Response {
+async fn handle(request: Request, shared: &Shared) -> Response {
     match request {
+        Request::SwarmInit(options) => match shared.cluster.init(options).await {
+            Ok(initialized) => Response::Initialized(initialized),
+            Err(message) => Response::Error { message },
+        },
+        Request::SwarmJoin(options) => match shared.cluster.join(options).await {
+            Ok(membership) => Response::Joined(membership),
+            Err(message) => Response::Error { message },
+        },
+        Request::Cluster { request } => Response::Cluster {
+            answer: shared.cluster.api(request).await,
+        },
         Request::Status => {
             let config = &shared.config;
             Response::Status(DaemonStatus {
@@ -169,6 +198,7 @@ fn handle(request: Request, shared: &Shared) -> Response {
                 data_path_port: config.data_path_port,
                 gossip_port: config.gossip_port,
                 state_dir: config.state_dir.clone(),
+                membership: shared.cluster.membership().await,
             })
         }
     }

@@ -1,11 +1,15 @@
 //! Mesh's control plane: configuration, the node daemon's lifecycle and its local API. The
 //! binaries `meshd` and `meshctl` are thin wiring over these modules.
 
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod local_api;
+pub mod manager;
+pub mod node;
 pub mod raft;
+pub mod rpc;
 pub mod store;
 
 /// An error and its causes on one line, each cause once: library errors often repeat their

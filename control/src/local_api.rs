@@ -10,6 +10,9 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::api::{ApiRequest, ApiResponse};
+use crate::node::runtime::{InitOptions, Initialized, JoinOptions, MembershipView};
+
 /// Longest request line meshd reads; anything longer is refused without being parsed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -19,6 +22,12 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub enum Request {
     /// The daemon's identity, configuration and uptime.
     Status,
+    /// Create a cluster with this node as its first manager.
+    SwarmInit(InitOptions),
+    /// Join a cluster.
+    SwarmJoin(JoinOptions),
+    /// A cluster API call, answered by the managers.
+    Cluster { request: ApiRequest },
 }
 
 /// meshd's answer.
@@ -27,6 +36,12 @@ pub enum Request {
 pub enum Response {
     /// Answer to `Status`.
     Status(DaemonStatus),
+    /// Answer to `SwarmInit`.
+    Initialized(Initialized),
+    /// Answer to `SwarmJoin`.
+    Joined(MembershipView),
+    /// Answer to `Cluster`.
+    Cluster { answer: ApiResponse },
     /// The request was refused; the message says why and what to do.
     Error { message: String },
 }
@@ -52,6 +67,8 @@ pub struct DaemonStatus {
     pub gossip_port: u16,
     /// State directory.
     pub state_dir: PathBuf,
+    /// The node's cluster membership, once it has one.
+    pub membership: Option<MembershipView>,
 }
 
 /// Errors from talking to the local meshd.
@@ -72,8 +89,17 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Sends one request and reads one response.
+/// Sends one request and reads one response, waiting up to 10 s.
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    call_with_timeout(socket, request, Duration::from_secs(10)).await
+}
+
+/// Sends one request and reads one response, waiting up to `timeout`.
+pub async fn call_with_timeout(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let exchange = |reason: String| ClientError::Exchange {
         path: socket.to_path_buf(),
         reason,
@@ -104,9 +130,9 @@ pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientEr
         }
         serde_json::from_str(&reply).map_err(|e| exchange(format!("unreadable answer: {e}")))
     };
-    let response = tokio::time::timeout(Duration::from_secs(10), answer)
+    let response = tokio::time::timeout(timeout, answer)
         .await
-        .map_err(|_| exchange("no answer within 10 s".into()))??;
+        .map_err(|_| exchange(format!("no answer within {timeout:?}")))??;
     match response {
         Response::Error { message } => Err(ClientError::Refused(message)),
         other => Ok(other),

@@ -14,7 +14,8 @@ use control::config::{ConfigFile, LogFormat, LogLevel};
 ///
 /// Configuration comes from --config (TOML) and flags; a flag overrides the file's field of the
 /// same name (listen_addr for --listen-addr, and so on). Fields: node_name, listen_addr,
-/// advertise_addr, data_path_port, gossip_port, state_dir, control_socket, log_level, log_format.
+/// advertise_addr, data_path_port, gossip_port, state_dir, control_socket, log_level, log_format,
+/// node_down_after_ms.
 #[derive(Debug, Parser)]
 #[command(name = "meshd", version)]
 struct Args {
@@ -48,6 +49,9 @@ struct Args {
     /// Log line format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Milliseconds without heartbeats before managers mark a node Down [default: 3000].
+    #[arg(long, value_name = "MS")]
+    node_down_after_ms: Option<u64>,
 }
 
 impl Args {
@@ -62,6 +66,7 @@ impl Args {
             control_socket: self.control_socket.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
+            node_down_after_ms: self.node_down_after_ms,
         }
     }
 }

@@ -2,4 +2,7 @@
 
 pub mod ca;
 pub mod quorum;
+pub mod tls;
+
+pub use ca::CertRole;
 pub mod token;

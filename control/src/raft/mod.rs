@@ -4,6 +4,7 @@
 // openraft's StorageError is large, and its storage traits fix it as the error type.
 #[allow(clippy::result_large_err)]
 pub mod log_store;
+pub mod network;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 pub mod typ;

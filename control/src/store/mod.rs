@@ -56,6 +56,10 @@ pub struct ClusterInfo {
     pub manager_secret: String,
     /// VXLAN port chosen at init.
     pub data_path_port: u16,
+    /// The pool overlay subnets are carved from, e.g. 10.0.0.0/8.
+    pub default_addr_pool: String,
+    /// Prefix length of each overlay subnet carved from the pool.
+    pub default_addr_pool_mask_length: u8,
     /// Seconds since the epoch at init.
     pub created_unix: u64,
 }
@@ -234,6 +238,8 @@ mod tests {
             worker_secret: "w".into(),
             manager_secret: "m".into(),
             data_path_port: 4789,
+            default_addr_pool: "10.0.0.0/8".into(),
+            default_addr_pool_mask_length: 24,
             created_unix: 0,
         }
     }

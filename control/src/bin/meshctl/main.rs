@@ -1,6 +1,7 @@
 //! meshctl: the one CLI for Mesh. Cluster and service management in docker's conventions, the
 //! local lab, and diagnostics.
 
+mod cluster_cmd;
 mod lab_cmd;
 mod output;
 
@@ -31,6 +32,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Create, join and manage the cluster's membership.
+    #[command(subcommand)]
+    Swarm(cluster_cmd::SwarmCommand),
+    /// Manage nodes (on a manager).
+    #[command(subcommand)]
+    Node(cluster_cmd::NodeCommand),
     /// Local multi-host labs in network namespaces.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -48,12 +55,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.socket.unwrap_or_else(|| {
+        PathBuf::from(control::config::DEFAULT_STATE_DIR).join(control::config::CONTROL_SOCKET_NAME)
+    });
     match cli.command {
+        Command::Swarm(command) => cluster_cmd::swarm(&socket, command),
+        Command::Node(command) => cluster_cmd::node(&socket, command),
         Command::Info { format } => {
-            let socket = cli.socket.unwrap_or_else(|| {
-                PathBuf::from(control::config::DEFAULT_STATE_DIR)
-                    .join(control::config::CONTROL_SOCKET_NAME)
-            });
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -63,27 +71,78 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             else {
                 anyhow::bail!("meshd answered a status request with something else; is meshctl the same version as meshd?");
             };
+            let membership = status.membership.clone();
+            let cluster = match &membership {
+                Some(m) if m.role == control::store::Role::Manager => {
+                    match cluster_cmd::cluster_info(&socket) {
+                        Ok(view) => view,
+                        Err(err) => {
+                            eprintln!("warning: {}", control::report(&err));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let mut lines = vec![
+                ("Node", status.node_name.clone()),
+                ("Version", status.version.clone()),
+                ("PID", status.pid.to_string()),
+                ("Uptime", format!("{}s", status.uptime_secs)),
+                ("Listen address", status.listen_addr.clone()),
+                (
+                    "Advertise address",
+                    status
+                        .advertise_addr
+                        .clone()
+                        .unwrap_or_else(|| "(not set)".into()),
+                ),
+                ("Data path port", format!("{}/udp", status.data_path_port)),
+                ("Gossip port", format!("{}/tcp+udp", status.gossip_port)),
+                ("State directory", status.state_dir.display().to_string()),
+            ];
+            match &membership {
+                None => lines.push((
+                    "Swarm",
+                    "inactive (`meshctl swarm init` or `meshctl swarm join`)".into(),
+                )),
+                Some(m) => {
+                    lines.push(("Swarm", "active".into()));
+                    lines.push(("Node ID", m.node_id.clone()));
+                    lines.push(("Role", format!("{:?}", m.role).to_lowercase()));
+                    lines.push(("Cluster ID", m.cluster_id.clone()));
+                }
+            }
+            if let Some(view) = &cluster {
+                lines.push(("Managers", view.managers.to_string()));
+                lines.push((
+                    "Quorum",
+                    format!("{} of {} managers", view.quorum, view.managers),
+                ));
+                lines.push(("Tolerated failures", view.tolerated_failures.to_string()));
+                lines.push(("Reachable managers", view.reachable_managers.to_string()));
+                lines.push(("Leader", view.leader.clone()));
+                lines.push(("Workers", view.workers.to_string()));
+            }
+            #[derive(serde::Serialize)]
+            struct InfoJson<'a> {
+                #[serde(flatten)]
+                daemon: &'a control::local_api::DaemonStatus,
+                cluster: &'a Option<control::api::ClusterView>,
+            }
             print_record(
                 format,
-                &status,
-                &[
-                    ("Node", status.node_name.clone()),
-                    ("Version", status.version.clone()),
-                    ("PID", status.pid.to_string()),
-                    ("Uptime", format!("{}s", status.uptime_secs)),
-                    ("Listen address", status.listen_addr.clone()),
-                    (
-                        "Advertise address",
-                        status
-                            .advertise_addr
-                            .clone()
-                            .unwrap_or_else(|| "(not set)".into()),
-                    ),
-                    ("Data path port", format!("{}/udp", status.data_path_port)),
-                    ("Gossip port", format!("{}/tcp+udp", status.gossip_port)),
-                    ("State directory", status.state_dir.display().to_string()),
-                ],
+                &InfoJson {
+                    daemon: &status,
+                    cluster: &cluster,
+                },
+                &lines,
             );
+            if format == Format::Table {
+                for warning in cluster.iter().flat_map(|c| &c.warnings) {
+                    eprintln!("warning: {warning}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab(command) => lab_cmd::run(command),

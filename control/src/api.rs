@@ -1,0 +1,197 @@
+//! The cluster API: what meshctl can ask of the managers (through the local meshd, which
+//! forwards to the leader), and the answers. Views are what the CLI prints.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+
+/// A cluster API call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// Every node.
+    NodeList,
+    /// One node, by ID (or a unique prefix of it) or name.
+    NodeInspect { node: String },
+    /// Availability and labels.
+    NodeUpdate {
+        node: String,
+        availability: Option<Availability>,
+        label_add: BTreeMap<String, String>,
+        label_rm: Vec<String>,
+    },
+    /// Remove a node; `force` removes one that is still up.
+    NodeRemove { node: String, force: bool },
+    /// Show, or rotate and show, a join token.
+    JoinToken { role: Role, rotate: bool },
+    /// Managers, quorum and what is at risk.
+    Info,
+}
+
+/// An answer to a cluster API call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ApiResponse {
+    /// Answer to NodeList.
+    Nodes(Vec<NodeView>),
+    /// Answer to NodeInspect.
+    Node(NodeView),
+    /// Answer to JoinToken.
+    Token { role: Role, token: String },
+    /// Answer to Info.
+    Info(ClusterView),
+    /// A change was made; warnings the operator should read.
+    Done {
+        message: String,
+        warnings: Vec<String>,
+    },
+    /// Refused; the message says why and what to do.
+    Error(String),
+    /// No leader could be asked: the last state this manager knows, and why it may be stale.
+    Stale {
+        warning: String,
+        answer: Box<ApiResponse>,
+    },
+}
+
+/// A node as `node ls` and `node inspect` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// ID, 16 hex digits.
+    pub id: String,
+    /// Node name.
+    pub name: String,
+    /// Cluster address.
+    pub addr: String,
+    /// Manager or worker.
+    pub role: Role,
+    /// Scheduling availability.
+    pub availability: Availability,
+    /// Ready or Down.
+    pub status: NodeStatus,
+    /// Leader, Reachable or Unreachable for managers.
+    pub manager_status: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// meshd version.
+    pub version: String,
+}
+
+impl NodeView {
+    /// The view of a record, with the manager status the leader computed.
+    pub fn of(node: &NodeRecord, manager_status: Option<String>) -> Self {
+        NodeView {
+            id: format_node_id(node.id),
+            name: node.name.clone(),
+            addr: node.addr.clone(),
+            role: node.role,
+            availability: node.availability,
+            status: node.status,
+            manager_status,
+            labels: node.labels.clone(),
+            version: node.version.clone(),
+        }
+    }
+}
+
+/// What `meshctl info` shows about the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Cluster ID.
+    pub cluster_id: String,
+    /// Managers (Raft voters).
+    pub managers: usize,
+    /// Managers the leader hears from.
+    pub reachable_managers: usize,
+    /// Votes needed.
+    pub quorum: usize,
+    /// Manager failures tolerated.
+    pub tolerated_failures: usize,
+    /// Workers.
+    pub workers: usize,
+    /// The leader's name.
+    pub leader: String,
+    /// Data-path port chosen at init.
+    pub data_path_port: u16,
+    /// Warnings about the manager set.
+    pub warnings: Vec<String>,
+}
+
+/// A node ID as printed: 16 lowercase hex digits.
+pub fn format_node_id(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+/// Finds a node by full ID, unique ID prefix (at least 4 digits) or exact name.
+pub fn find_node<'a>(
+    nodes: impl Iterator<Item = &'a NodeRecord> + Clone,
+    key: &str,
+) -> Result<&'a NodeRecord, String> {
+    if let Some(node) = nodes.clone().find(|n| n.name == key) {
+        return Ok(node);
+    }
+    let key = key.to_ascii_lowercase();
+    if key.len() >= 4 && key.chars().all(|c| c.is_ascii_hexdigit()) {
+        let matches: Vec<_> = nodes
+            .filter(|n| format_node_id(n.id).starts_with(&key))
+            .collect();
+        match matches.len() {
+            1 => return Ok(matches[0]),
+            0 => {}
+            _ => {
+                return Err(format!(
+                    "{key} matches {} nodes; give more digits of the ID",
+                    matches.len()
+                ))
+            }
+        }
+    }
+    Err(format!(
+        "no node {key:?}; `meshctl node ls` lists the nodes"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: NodeId, name: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: name.into(),
+            addr: "198.18.0.1:2377".into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status: NodeStatus::Ready,
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn nodes_are_found_by_name_id_or_unique_prefix() {
+        let nodes = [
+            node(0xabcd_0000_0000_0001, "w1"),
+            node(0xabcd_0000_0000_0002, "w2"),
+            node(0x1234_0000_0000_0000, "m1"),
+        ];
+        assert_eq!(find_node(nodes.iter(), "w2").unwrap().name, "w2");
+        assert_eq!(find_node(nodes.iter(), "1234").unwrap().name, "m1");
+        assert_eq!(
+            find_node(nodes.iter(), "abcd000000000001").unwrap().name,
+            "w1"
+        );
+        assert!(find_node(nodes.iter(), "abcd")
+            .unwrap_err()
+            .contains("more digits"));
+        assert!(find_node(nodes.iter(), "ffff")
+            .unwrap_err()
+            .contains("node ls"));
+        assert!(find_node(nodes.iter(), "12").is_err(), "too short a prefix");
+    }
+
+    #[test]
+    fn ids_print_as_sixteen_hex_digits() {
+        assert_eq!(format_node_id(0x1f), "000000000000001f");
+    }
+}

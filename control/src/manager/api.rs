@@ -1,0 +1,320 @@
+//! The cluster API on a manager: answered by the leader with linearizable reads and committed
+//! writes; any other manager forwards to the leader, and when no leader answers, reads are
+//! served from the last state this manager knows, marked stale.
+
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::{quorum_lost_message, Manager};
+use crate::api::{find_node, ApiRequest, ApiResponse, ClusterView, NodeView};
+use crate::cluster::ca::ClusterCa;
+use crate::cluster::quorum;
+use crate::cluster::token::JoinToken;
+use crate::rpc::messages::{Request, Response};
+use crate::store::{ClusterState, Command, NodeStatus, Role};
+
+/// How long a forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+
+impl Manager {
+    /// Answers a cluster API call made on this manager (by its local meshctl).
+    pub async fn api(&self, request: ApiRequest) -> ApiResponse {
+        if self.is_leader() {
+            return self.api_as_leader(request).await;
+        }
+        match self
+            .leader
+            .call(&Request::Api(request.clone()), FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Response::Api(answer)) => answer,
+            Ok(Response::Refused(why)) => ApiResponse::Error(why),
+            Ok(other) => {
+                ApiResponse::Error(format!("unexpected answer from the leader: {other:?}"))
+            }
+            Err(_) => {
+                let voters = self.voters().len();
+                let reachable = self.count_reachable_managers().await;
+                let warning = quorum_lost_message(voters, reachable);
+                if is_read(&request) {
+                    ApiResponse::Stale {
+                        warning: format!("{warning}; showing the last state this manager knows"),
+                        answer: Box::new(self.answer_read(&request)),
+                    }
+                } else {
+                    ApiResponse::Error(warning)
+                }
+            }
+        }
+    }
+
+    /// Answers as the leader: reads after a linearizable barrier, writes through Raft.
+    pub(super) async fn api_as_leader(&self, request: ApiRequest) -> ApiResponse {
+        if is_read(&request) {
+            let barrier =
+                tokio::time::timeout(Duration::from_secs(3), self.raft.ensure_linearizable()).await;
+            if !matches!(barrier, Ok(Ok(_))) {
+                let warning = self
+                    .quorum_problem()
+                    .unwrap_or_else(|| "this manager could not confirm it still leads".into());
+                return ApiResponse::Stale {
+                    warning: format!("{warning}; showing the last state this manager knows"),
+                    answer: Box::new(self.answer_read(&request)),
+                };
+            }
+            return self.answer_read(&request);
+        }
+        match request {
+            ApiRequest::NodeUpdate {
+                node,
+                availability,
+                label_add,
+                label_rm,
+            } => {
+                let id = match self.read(|s| find_node(s.nodes.values(), &node).map(|n| n.id)) {
+                    Ok(id) => id,
+                    Err(why) => return ApiResponse::Error(why),
+                };
+                if let Some(key) = label_add
+                    .keys()
+                    .chain(&label_rm)
+                    .find(|k| !valid_label_key(k))
+                {
+                    return ApiResponse::Error(format!(
+                        "label key {key:?} is not valid; use letters, digits, '.', '-' and '_', starting with a letter"
+                    ));
+                }
+                match self
+                    .apply(Command::UpdateNode {
+                        id,
+                        availability,
+                        label_add,
+                        label_rm,
+                    })
+                    .await
+                {
+                    Ok(()) => done(format!("node {node} updated")),
+                    Err(answer) => answer,
+                }
+            }
+            ApiRequest::NodeRemove { node, force } => self.remove_node(&node, force).await,
+            ApiRequest::JoinToken { role, rotate } => {
+                if rotate {
+                    let secret = match fresh_secret() {
+                        Ok(random) => JoinToken::new([0; 32], random).secret,
+                        Err(why) => return ApiResponse::Error(why),
+                    };
+                    if let Err(answer) = self.apply(Command::RotateSecret { role, secret }).await {
+                        return answer;
+                    }
+                }
+                self.answer_read(&ApiRequest::JoinToken {
+                    role,
+                    rotate: false,
+                })
+            }
+            read => self.answer_read(&read),
+        }
+    }
+
+    async fn remove_node(&self, key: &str, force: bool) -> ApiResponse {
+        let node = match self.read(|s| find_node(s.nodes.values(), key).cloned()) {
+            Ok(node) => node,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        if node.id == self.node_id {
+            return ApiResponse::Error(
+                "a manager cannot remove itself; run `meshctl node rm` on another manager".into(),
+            );
+        }
+        if node.status == NodeStatus::Ready && !force {
+            return ApiResponse::Error(format!(
+                "node {} is up; stop it first, or remove it anyway with --force",
+                node.name
+            ));
+        }
+        if node.role == Role::Manager {
+            let voters = self.voters().len();
+            let reachable = self.reachable_voters();
+            let removing_reachable = usize::from(node.status == NodeStatus::Ready);
+            if !quorum::removal_keeps_quorum(voters, reachable, 1, removing_reachable) {
+                return ApiResponse::Error(format!(
+                    "removing manager {} would lose quorum ({reachable} of {voters} managers reachable); bring the other managers back first",
+                    node.name
+                ));
+            }
+            let change =
+                openraft::ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([node.id]));
+            if let Err(err) = self.raft.change_membership(change, false).await {
+                return ApiResponse::Error(format!(
+                    "removing manager {} from Raft: {err}",
+                    node.name
+                ));
+            }
+        }
+        match self.apply(Command::RemoveNode { id: node.id }).await {
+            Ok(()) => done(format!("node {} removed", node.name)),
+            Err(answer) => answer,
+        }
+    }
+
+    /// Answers a read from the local state.
+    fn answer_read(&self, request: &ApiRequest) -> ApiResponse {
+        let leader = self.raft.metrics().borrow().current_leader;
+        let voters: Vec<_> = self.voters().into_iter().map(|(id, _)| id).collect();
+        let reachable = self.reachable_voters();
+        let seen = self.last_seen.lock().expect("liveness lock").clone();
+        let down_after = self.settings.down_after;
+        let leading = self.is_leader();
+        let status_of = |id| {
+            if !voters.contains(&id) {
+                None
+            } else if Some(id) == leader {
+                Some("Leader".to_string())
+            } else if !leading {
+                Some("Unknown".to_string())
+            } else if seen
+                .get(&id)
+                .is_some_and(|t: &std::time::Instant| t.elapsed() < down_after)
+            {
+                Some("Reachable".to_string())
+            } else {
+                Some("Unreachable".to_string())
+            }
+        };
+        self.read(|state: &ClusterState| match request {
+            ApiRequest::NodeList => ApiResponse::Nodes(
+                state
+                    .nodes
+                    .values()
+                    .map(|n| NodeView::of(n, status_of(n.id)))
+                    .collect(),
+            ),
+            ApiRequest::NodeInspect { node } => match find_node(state.nodes.values(), node) {
+                Ok(n) => ApiResponse::Node(NodeView::of(n, status_of(n.id))),
+                Err(why) => ApiResponse::Error(why),
+            },
+            ApiRequest::JoinToken { role, .. } => {
+                let Some(cluster) = &state.cluster else {
+                    return ApiResponse::Error("the cluster is not initialized".into());
+                };
+                let ca = ClusterCa {
+                    cert_pem: cluster.ca_cert_pem.clone(),
+                    key_pem: String::new(),
+                };
+                let digest = match ca.digest() {
+                    Ok(digest) => digest,
+                    Err(err) => return ApiResponse::Error(err.to_string()),
+                };
+                let secret = match role {
+                    Role::Worker => &cluster.worker_secret,
+                    Role::Manager => &cluster.manager_secret,
+                };
+                ApiResponse::Token {
+                    role: *role,
+                    token: JoinToken {
+                        ca_digest: digest,
+                        secret: secret.clone(),
+                    }
+                    .to_string(),
+                }
+            }
+            ApiRequest::Info => {
+                let managers = voters.len();
+                ApiResponse::Info(ClusterView {
+                    cluster_id: state
+                        .cluster
+                        .as_ref()
+                        .map(|c| c.id.clone())
+                        .unwrap_or_default(),
+                    managers,
+                    reachable_managers: if leading { reachable } else { 0 },
+                    quorum: quorum::quorum(managers),
+                    tolerated_failures: quorum::tolerated_failures(managers),
+                    workers: state
+                        .nodes
+                        .values()
+                        .filter(|n| n.role == Role::Worker)
+                        .count(),
+                    leader: leader
+                        .and_then(|id| state.nodes.get(&id))
+                        .map_or_else(|| "(none)".into(), |n| n.name.clone()),
+                    data_path_port: state.cluster.as_ref().map_or(0, |c| c.data_path_port),
+                    warnings: quorum::warnings(managers)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                })
+            }
+            other => ApiResponse::Error(format!("{other:?} is not a read")),
+        })
+    }
+
+    /// Managers that answer on the cluster port at all (a quick probe, for error messages).
+    async fn count_reachable_managers(&self) -> usize {
+        let Ok(tls) = self.credentials.client_config() else {
+            return 1;
+        };
+        let probes = self.voters().into_iter().map(|(id, addr)| {
+            let tls = std::sync::Arc::clone(&tls);
+            async move {
+                if id == self.node_id {
+                    return true;
+                }
+                let client = crate::rpc::client::Client::new(
+                    &addr,
+                    tls,
+                    crate::cluster::tls::manager_server_name(),
+                );
+                let probe = Request::Heartbeat {
+                    node_id: self.node_id,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                };
+                client
+                    .call(&probe, Duration::from_millis(500))
+                    .await
+                    .is_ok()
+            }
+        });
+        futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|up| *up)
+            .count()
+    }
+}
+
+fn is_read(request: &ApiRequest) -> bool {
+    matches!(
+        request,
+        ApiRequest::NodeList
+            | ApiRequest::NodeInspect { .. }
+            | ApiRequest::Info
+            | ApiRequest::JoinToken { rotate: false, .. }
+    )
+}
+
+fn done(message: String) -> ApiResponse {
+    ApiResponse::Done {
+        message,
+        warnings: Vec::new(),
+    }
+}
+
+fn fresh_secret() -> Result<[u8; 16], String> {
+    let mut random = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut random)
+        .map_err(|_| "no randomness available".to_string())?;
+    Ok(random)
+}
+
+/// Label keys: a letter, then letters, digits, '.', '-' or '_'; at most 128 characters.
+pub fn valid_label_key(key: &str) -> bool {
+    key.len() <= 128
+        && key.starts_with(|c: char| c.is_ascii_alphabetic())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}

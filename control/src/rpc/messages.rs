@@ -1,0 +1,85 @@
+//! What nodes say to each other on the cluster port.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiRequest, ApiResponse};
+use crate::raft::typ::{NodeId, TypeConfig};
+use crate::store::Role;
+
+/// A request on the cluster port. Only `Join` is served to a peer without a certificate; the
+/// Raft requests and `Api` only to managers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A new node asks to join with a token and a CSR.
+    Join(JoinRequest),
+    /// Raft log replication and heartbeats.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft election.
+    Vote(VoteRequest<NodeId>),
+    /// Raft snapshot transfer, one chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A node is alive.
+    Heartbeat { node_id: NodeId, version: String },
+    /// A cluster API call forwarded by a manager to the leader.
+    Api(ApiRequest),
+}
+
+/// What a joining node sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token as the operator gave it.
+    pub token: String,
+    /// A certificate request for the node's fresh key (DER).
+    pub csr_der: Vec<u8>,
+    /// The node's name.
+    pub name: String,
+    /// host:port where the node's cluster listener is reachable.
+    pub addr: String,
+    /// meshd version.
+    pub version: String,
+}
+
+/// What an accepted node receives.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    /// Its node ID.
+    pub node_id: NodeId,
+    /// Its role, as the token granted.
+    pub role: Role,
+    /// The cluster ID.
+    pub cluster_id: String,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// Every manager: ID and address.
+    pub managers: Vec<(NodeId, String)>,
+}
+
+/// An answer on the cluster port.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to AppendEntries.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to Vote.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to InstallSnapshot.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The join was accepted.
+    Joined(JoinAccepted),
+    /// Answer to an API call.
+    Api(ApiResponse),
+    /// A heartbeat was recorded; these are the managers' addresses now.
+    Managers(Vec<String>),
+    /// This manager is not the leader; ask there (when one is known).
+    NotLeader { leader_addr: Option<String> },
+    /// Refused; the message says why and what to do.
+    Refused(String),
+}
