@@ -49,8 +49,9 @@ pub enum DaemonError {
     Cluster(String),
 }
 
-/// Runs meshd until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs meshd until SIGTERM or SIGINT. With `force_new_cluster`, a manager first turns its
+/// state into a one-voter cluster (see `raft::recovery`).
+pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonError> {
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let listener = bind_control_socket(&config.control_socket)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
@@ -65,6 +66,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             down_after: config.node_down_after,
         },
     });
+    if force_new_cluster {
+        let recovered = cluster.force_new_cluster().map_err(DaemonError::Cluster)?;
+        tracing::warn!(
+            last_index = recovered.last_index,
+            removed_managers = ?recovered.removed_managers,
+            "forced a new cluster: this manager is now the only voter; the removed managers must rejoin"
+        );
+    }
     cluster.resume().await.map_err(DaemonError::Cluster)?;
     let shared = Arc::new(Shared {
         config,

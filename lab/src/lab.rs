@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::binaries::{self, LINKSHIM, MESHD};
+use crate::binaries::{self, LINKSHIM, MESHCTL, MESHD};
 use crate::error::{LabError, Result};
 use crate::inventory::{existing_resources, teardown};
 use crate::net::{self, LossRule};
@@ -80,6 +80,9 @@ impl Lab {
         if spec.link.needs_shim() {
             binaries::find(LINKSHIM)?;
         }
+        if meshd.is_some() && spec.form_cluster {
+            binaries::find(MESHCTL)?;
+        }
         let dir = LabState::dir(&spec.name);
         fs::create_dir_all(&dir).map_err(LabError::io("creating", &dir))?;
 
@@ -104,7 +107,7 @@ impl Lab {
                 partitions: Vec::new(),
             },
         };
-        match lab.build() {
+        match lab.build(spec.form_cluster) {
             Ok(()) => Ok(lab),
             Err(err) => {
                 tracing::warn!(lab = %spec.name, error = %err, "lab up failed; removing what it built");
@@ -116,7 +119,7 @@ impl Lab {
         }
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, form_cluster: bool) -> Result<()> {
         let name = self.state.name.clone();
         sys::create_cgroup(&sys::cgroup_dir(&name, None))?;
         net::create_switch(&name)?;
@@ -130,6 +133,9 @@ impl Lab {
         self.state.save()?;
         for index in 0..self.state.hosts.len() {
             self.wait_daemon_ready(index)?;
+        }
+        if form_cluster && self.state.meshd.is_some() {
+            self.form_cluster()?;
         }
         Ok(())
     }

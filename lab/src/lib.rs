@@ -13,6 +13,7 @@
 //! Nothing here touches the host's own namespace: links are created inside lab namespaces.
 
 mod binaries;
+mod cluster;
 mod error;
 mod host;
 mod inventory;

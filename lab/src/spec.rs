@@ -142,6 +142,9 @@ pub struct LabSpec {
     pub link: LinkParams,
     /// Whether meshd starts on the manager and worker hosts.
     pub start_daemons: bool,
+    /// Whether the daemons form a cluster: the first manager runs `swarm init`, the other
+    /// hosts join with the right token.
+    pub form_cluster: bool,
 }
 
 impl LabSpec {
@@ -154,6 +157,7 @@ impl LabSpec {
             clients: 0,
             link: LinkParams::default(),
             start_daemons: true,
+            form_cluster: true,
         }
     }
 
@@ -166,6 +170,14 @@ impl LabSpec {
                 field: "host count",
                 value: "0".into(),
                 reason: "give at least one host with --managers, --workers or --clients".into(),
+            });
+        }
+        if self.start_daemons && self.form_cluster && self.managers == 0 && self.workers > 0 {
+            return Err(LabError::InvalidSpec {
+                field: "--managers",
+                value: "0".into(),
+                reason: "a cluster needs a manager; give --managers 1 or more, or --no-cluster"
+                    .into(),
             });
         }
         if total > MAX_HOSTS {

@@ -49,6 +49,10 @@ struct Args {
     /// Log line format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Recover a cluster that lost its quorum for good: this manager becomes the only voter,
+    /// keeping all the state it has; the other managers must rejoin.
+    #[arg(long)]
+    force_new_cluster: bool,
     /// Milliseconds without heartbeats before managers mark a node Down [default: 3000].
     #[arg(long, value_name = "MS")]
     node_down_after_ms: Option<u64>,
@@ -93,7 +97,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(control::daemon::run(config))?;
+    runtime.block_on(control::daemon::run(config, args.force_new_cluster))?;
     Ok(())
 }
 

@@ -14,39 +14,118 @@ use crate::cluster::token::JoinToken;
 use crate::rpc::messages::{Request, Response};
 use crate::store::{ClusterState, Command, NodeStatus, Role};
 
-/// How long a forwarded call may take.
+/// How long a forwarded call may take (a write waits up to 5 s for its commit).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a follower waits for an election to produce a leader before giving up.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
 impl Manager {
-    /// Answers a cluster API call made on this manager (by its local meshctl).
+    /// Answers a cluster API call made on this manager (by its local meshctl): as the leader,
+    /// or by forwarding to the leader Raft knows of. With no leader, reads are served from the
+    /// last known state, marked stale, and writes are refused with the quorum error.
     pub async fn api(&self, request: ApiRequest) -> ApiResponse {
-        if self.is_leader() {
-            return self.api_as_leader(request).await;
-        }
-        match self
-            .leader
-            .call(&Request::Api(request.clone()), FORWARD_TIMEOUT)
-            .await
-        {
-            Ok(Response::Api(answer)) => answer,
-            Ok(Response::Refused(why)) => ApiResponse::Error(why),
-            Ok(other) => {
-                ApiResponse::Error(format!("unexpected answer from the leader: {other:?}"))
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            if self.is_leader() {
+                return self.api_as_leader(request).await;
             }
-            Err(_) => {
-                let voters = self.voters().len();
-                let reachable = self.count_reachable_managers().await;
-                let warning = quorum_lost_message(voters, reachable);
-                if is_read(&request) {
-                    ApiResponse::Stale {
-                        warning: format!("{warning}; showing the last state this manager knows"),
-                        answer: Box::new(self.answer_read(&request)),
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(addr) = self.wait_for_leader(remaining).await else {
+                break;
+            };
+            if addr.is_empty() {
+                continue;
+            }
+            // If Raft elects someone else meanwhile (the leader died mid-call), stop waiting for
+            // an answer that will never come and ask the new leader.
+            let asked = self.raft.metrics().borrow().current_leader;
+            let mut metrics = self.raft.metrics();
+            let forwarded = tokio::select! {
+                answer = self.forward(&addr, &request) => answer,
+                _ = metrics.wait_for(|m| m.current_leader != asked) => continue,
+            };
+            match forwarded {
+                Ok(Response::Api(answer)) => return answer,
+                Ok(Response::Refused(why)) => return ApiResponse::Error(why),
+                Ok(Response::NotLeader { .. }) | Err(_) => {
+                    // That leader is gone or deposed: wait for Raft to name another, not for
+                    // the same address to fail again.
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let changed = tokio::time::timeout(
+                        remaining,
+                        metrics.wait_for(|m| m.current_leader != asked),
+                    )
+                    .await;
+                    if changed.is_err() {
+                        break;
                     }
-                } else {
-                    ApiResponse::Error(warning)
+                }
+                Ok(other) => {
+                    return ApiResponse::Error(format!(
+                        "unexpected answer from the leader: {other:?}"
+                    ))
                 }
             }
         }
+        let voters = self.voters().len();
+        let reachable = self.count_reachable_managers().await;
+        let warning = quorum_lost_message(voters, reachable);
+        if is_read(&request) {
+            ApiResponse::Stale {
+                warning: format!("{warning}; showing the last state this manager knows"),
+                answer: Box::new(self.answer_read(&request)),
+            }
+        } else {
+            ApiResponse::Error(warning)
+        }
+    }
+
+    /// The leader's address once Raft knows one (an empty string when it is this manager).
+    async fn wait_for_leader(&self, limit: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.is_leader() {
+                return Some(String::new());
+            }
+            if let Some(addr) = self.leader_addr() {
+                return Some(addr);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        request: &ApiRequest,
+    ) -> Result<Response, crate::rpc::client::RpcError> {
+        let client = {
+            let mut cached = self.forward_client.lock().expect("forward client lock");
+            match cached.as_ref() {
+                Some(client) if client.addr() == addr => std::sync::Arc::clone(client),
+                _ => {
+                    let tls = self.credentials.client_config().map_err(|e| {
+                        crate::rpc::client::RpcError::Connect {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    let client = std::sync::Arc::new(crate::rpc::client::Client::new(
+                        addr,
+                        tls,
+                        crate::cluster::tls::manager_server_name(),
+                    ));
+                    *cached = Some(std::sync::Arc::clone(&client));
+                    client
+                }
+            }
+        };
+        client
+            .call(&Request::Api(request.clone()), FORWARD_TIMEOUT)
+            .await
     }
 
     /// Answers as the leader: reads after a linearizable barrier, writes through Raft.
@@ -244,6 +323,7 @@ impl Manager {
                     warnings: quorum::warnings(managers)
                         .iter()
                         .map(ToString::to_string)
+                        .chain(workload_warning(state))
                         .collect(),
                 })
             }
@@ -283,6 +363,21 @@ impl Manager {
             .filter(|up| *up)
             .count()
     }
+}
+
+/// Managers that take tasks compete with Raft for CPU and disk; say which ones do.
+fn workload_warning(state: &ClusterState) -> Option<String> {
+    let active: Vec<&str> = state
+        .managers()
+        .filter(|n| n.availability == crate::store::Availability::Active)
+        .map(|n| n.name.as_str())
+        .collect();
+    (!active.is_empty()).then(|| {
+        format!(
+            "managers {} are available for workloads: tasks would compete with Raft for CPU and disk; `meshctl node update --availability drain NODE` keeps them for managing",
+            active.join(", ")
+        )
+    })
 }
 
 fn is_read(request: &ApiRequest) -> bool {

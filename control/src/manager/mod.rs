@@ -17,7 +17,6 @@ use crate::api::ApiResponse;
 use crate::cluster::quorum;
 use crate::cluster::tls::{NodeCredentials, PeerIdentity, TlsError};
 use crate::cluster::CertRole;
-use crate::node::heartbeat::LeaderClient;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachine;
@@ -29,7 +28,8 @@ use crate::store::{ClusterState, Command, CommandResult};
 /// How long a write may wait for its commit before the manager reports the quorum lost.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A leader that has not heard from a quorum for this long cannot commit: writes fail fast.
-const QUORUM_ACK_LIMIT_MS: u64 = 1500;
+/// Followers are asked every 100 ms, so this is five missed rounds.
+const QUORUM_ACK_LIMIT_MS: u64 = 500;
 
 /// Errors starting a manager.
 #[derive(Debug, Error)]
@@ -58,20 +58,19 @@ pub struct Manager {
     raft: Raft,
     store: StateMachine,
     credentials: NodeCredentials,
-    leader: Arc<LeaderClient>,
     settings: ManagerSettings,
     /// When the leader last heard from each node (only meaningful while leading).
     last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// The connection API calls are forwarded on, to the leader as Raft last named it.
+    forward_client: Mutex<Option<Arc<crate::rpc::client::Client>>>,
 }
 
 impl Manager {
-    /// Opens the Raft store under `state_dir/raft` and starts Raft. `managers` are the cluster
-    /// addresses known so far, used to forward requests to the leader.
+    /// Opens the Raft store under `state_dir/raft` and starts Raft.
     pub async fn start(
         node_id: NodeId,
         state_dir: &Path,
         credentials: NodeCredentials,
-        managers: Vec<String>,
         settings: ManagerSettings,
     ) -> Result<Arc<Manager>, ManagerError> {
         let dir = state_dir.join("raft");
@@ -109,9 +108,9 @@ impl Manager {
             raft,
             store,
             credentials,
-            leader: Arc::new(LeaderClient::new(tls, managers)),
             settings,
             last_seen: Mutex::new(HashMap::new()),
+            forward_client: Mutex::new(None),
         });
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
         Ok(manager)
@@ -220,9 +219,12 @@ impl Manager {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(err)) => Err(format!("the write was not committed: {err}")),
-            Err(_) => Err(self
-                .quorum_problem()
-                .unwrap_or_else(|| "the write did not commit within 5 s; check `meshctl info` for unreachable managers".into())),
+            // The entry may be in the log already: say honestly that its fate is open.
+            Err(_) => Err(format!(
+                "{}; this change was not committed, and is applied only if the managers come back before another leader takes over",
+                self.quorum_problem()
+                    .unwrap_or_else(|| "the write did not commit within 5 s; check `meshctl info` for unreachable managers".into())
+            )),
         }
     }
 

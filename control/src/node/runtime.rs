@@ -146,6 +146,28 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Turns this manager into a one-voter cluster keeping its state (before `resume`).
+    pub fn force_new_cluster(&self) -> Result<crate::raft::recovery::Recovered, String> {
+        let identity = Identity::load(&self.state_dir)
+            .map_err(|e| format!("reading the node identity: {e}"))?
+            .ok_or("this node has no cluster to recover: it never initialized or joined one")?;
+        let membership = &identity.membership;
+        if membership.role != Role::Manager {
+            return Err("only a manager can recover the cluster; this node is a worker".into());
+        }
+        let recovered = crate::raft::recovery::force_new_cluster(
+            &self.state_dir.join("raft"),
+            membership.node_id,
+            &membership.addr,
+        )?;
+        Identity::save_managers(
+            &self.state_dir,
+            vec![(membership.node_id, membership.addr.clone())],
+        )
+        .map_err(|e| format!("saving the node identity: {e}"))?;
+        Ok(recovered)
+    }
+
     /// This node's membership, if it has one.
     pub async fn membership(&self) -> Option<MembershipView> {
         self.running.lock().await.as_ref().map(|r| {
@@ -174,7 +196,6 @@ impl ClusterNode {
                 membership.node_id,
                 &self.state_dir,
                 credentials.clone(),
-                managers.clone(),
                 self.settings,
             )
             .await
@@ -362,28 +383,29 @@ impl ClusterNode {
             version: env!("CARGO_PKG_VERSION").into(),
         });
         let mut remote = options.remote.clone();
-        let accepted =
-            'redirects: {
-                for _ in 0..5 {
-                    let client = Client::new(&remote, Arc::clone(&tls), manager_server_name());
-                    match client
-                        .call(&request, Duration::from_secs(15))
-                        .await
-                        .map_err(|e| e.to_string())?
-                    {
-                        Response::Joined(accepted) => break 'redirects accepted,
-                        Response::NotLeader {
-                            leader_addr: Some(leader),
-                        } => remote = leader,
-                        Response::NotLeader { leader_addr: None } => return Err(format!(
+        let accepted = 'redirects: {
+            for _ in 0..5 {
+                let client = Client::new(&remote, Arc::clone(&tls), manager_server_name());
+                match client
+                    .call(&request, Duration::from_secs(15))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Response::Joined(accepted) => break 'redirects accepted,
+                    Response::NotLeader {
+                        leader_addr: Some(leader),
+                    } => remote = leader,
+                    Response::NotLeader { leader_addr: None } => {
+                        return Err(format!(
                             "{remote} has no leader right now; the cluster may have lost quorum"
-                        )),
-                        Response::Refused(why) => return Err(why),
-                        other => return Err(format!("unexpected answer from {remote}: {other:?}")),
+                        ))
                     }
+                    Response::Refused(why) => return Err(why),
+                    other => return Err(format!("unexpected answer from {remote}: {other:?}")),
                 }
-                return Err("the managers kept redirecting; try again".into());
-            };
+            }
+            return Err("the managers kept redirecting; try again".into());
+        };
         let identity = Identity {
             membership: Membership {
                 node_id: accepted.node_id,

@@ -184,6 +184,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 impl LogStore {
+    /// Every entry from index `start` on (recovery reads the log without Raft running).
+    pub fn entries_from(&self, start: u64) -> StorageResult<Vec<Entry>> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = match txn.open_table(LOGS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(err) => return Err(read_err(err)),
+        };
+        let mut entries = Vec::new();
+        for item in table.range(start..).map_err(read_err)? {
+            let (_, value) = item.map_err(read_err)?;
+            entries.push(serde_json::from_slice(value.value()).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+
+    /// Empties the log as if everything up to `last` had been snapshotted and purged, and
+    /// records `vote` (recovery only).
+    pub fn reset_to(&self, last: LogId<NodeId>, vote: Vote<NodeId>) -> StorageResult<()> {
+        self.remove_range(..)?;
+        self.put_meta(LAST_PURGED, &last)?;
+        self.put_meta(COMMITTED, &Some(last))?;
+        self.put_meta(VOTE, &vote)
+    }
+
     fn remove_range(&self, range: impl RangeBounds<u64>) -> StorageResult<()> {
         let txn = self.db.begin_write().map_err(write_err)?;
         {

@@ -22,10 +22,13 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
 /// What a snapshot holds: everything needed to resume.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Image {
-    state: ClusterState,
-    last_applied: Option<LogId<NodeId>>,
-    last_membership: Membership,
+pub struct Image {
+    /// The cluster store.
+    pub state: ClusterState,
+    /// The last log entry applied to it.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The membership in force at that entry.
+    pub last_membership: Membership,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -80,6 +83,31 @@ impl StateMachine {
     /// Reads the cluster state (the caller makes the read linearizable first if it must be).
     pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         f(&self.inner.read().expect("state machine lock").image.state)
+    }
+
+    /// A copy of everything the state machine holds.
+    pub fn image(&self) -> Image {
+        self.inner.read().expect("state machine lock").image.clone()
+    }
+
+    /// Replaces the state with `image` and makes it the current snapshot, on disk too (used by
+    /// recovery, before Raft starts).
+    pub fn replace_with(&self, image: Image) -> std::io::Result<()> {
+        let data = serde_json::to_vec(&image).map_err(std::io::Error::other)?;
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: image.last_applied,
+                last_membership: image.last_membership.clone(),
+                snapshot_id: format!("recovered-{}", image.last_applied.map_or(0, |id| id.index)),
+            },
+            data,
+        };
+        self.persist(&stored)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut inner = self.inner.write().expect("state machine lock");
+        inner.image = image;
+        inner.snapshot = Some(stored);
+        Ok(())
     }
 
     /// Notified with the last applied log id after every apply.

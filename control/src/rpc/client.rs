@@ -36,6 +36,9 @@ pub enum RpcError {
     Closed { addr: String },
 }
 
+/// How long establishing a TCP connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A client of one node.
 pub struct Client {
     addr: String,
@@ -104,8 +107,15 @@ impl Client {
             addr: self.addr.clone(),
             reason,
         };
-        let tcp = TcpStream::connect(&self.addr)
+        // A powered-off host answers nothing: give up on the connect long before the call's own
+        // timeout, so a caller can try elsewhere.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
             .await
+            .map_err(|_| {
+                failed(format!(
+                    "no answer to the connection within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
             .map_err(|e| failed(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         self.tls

@@ -118,6 +118,9 @@ pub struct UpArgs {
     /// Leave the hosts without meshd.
     #[arg(long)]
     no_daemons: bool,
+    /// Start meshd but form no cluster (for trying init and join by hand).
+    #[arg(long)]
+    no_cluster: bool,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -157,6 +160,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 clients: args.clients,
                 link: args.link.params(),
                 start_daemons: !args.no_daemons,
+                form_cluster: !args.no_cluster && !args.no_daemons,
             };
             let lab = Lab::up(&spec)?;
             println!("lab {} is up", lab.name());
