@@ -158,15 +158,26 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 
 async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    // take() bounds what one client can make meshd buffer.
-    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1)).lines();
-    while let Some(line) = lines.next_line().await? {
-        let response = if line.len() > MAX_REQUEST_BYTES {
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Each request line is bounded on its own, so a client can make meshd buffer at most
+        // MAX_REQUEST_BYTES, however long it keeps the connection.
+        let n = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let oversized = line.len() > MAX_REQUEST_BYTES;
+        let response = if oversized {
             Response::Error {
                 message: format!("request larger than {MAX_REQUEST_BYTES} bytes refused"),
             }
         } else {
-            match serde_json::from_str::<Request>(&line) {
+            match serde_json::from_slice::<Request>(&line) {
                 Ok(request) => handle(request, shared).await,
                 Err(err) => Response::Error {
                     message: format!(
@@ -178,8 +189,11 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
         let mut out = serde_json::to_string(&response).expect("responses serialize");
         out.push('\n');
         write.write_all(out.as_bytes()).await?;
+        if oversized {
+            // The rest of the oversized line is still unread: there is no resynchronizing.
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 async fn handle(request: Request, shared: &Shared) -> Response {

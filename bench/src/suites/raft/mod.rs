@@ -2,7 +2,8 @@
 //! 1, 16 and 256 concurrent clients, and the time a leader failover costs.
 //! Baseline: a 3-member etcd 3.4 cluster (Debian's etcd-server), one member per lab manager,
 //! written through its v3 JSON gateway by a std-only keep-alive HTTP/1.1 client on c1.
-//! Mesh's own Raft managers do not exist yet; they are reported as pending.
+//! Mesh: the same three hosts run meshd as a 3-manager cluster; writes go to the leader's
+//! local control socket. Both clusters run side by side and are measured interleaved.
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Barrier};
@@ -11,12 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 
 use crate::ctx::{Ctx, Outcome};
-use crate::report::{Better, Pending, Recorder};
+use crate::report::{Better, Recorder};
 use crate::stats::percentile;
 use crate::tools::sh;
 
 mod etcd;
 mod http;
+mod mesh;
 
 use etcd::{major_minor, version_field, Cluster};
 use http::{base64, put_body, HttpConn};
@@ -66,7 +68,14 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut lab = ctx.lab("raft", |spec| {
         spec.managers = 3;
         spec.clients = 1;
+        spec.start_daemons = true;
+        spec.form_cluster = true;
     })?;
+    let mesh = mesh::MeshCluster::new(&lab)?;
+    mesh.wait_healthy()
+        .context("waiting for the Mesh managers")?;
+    let mesh_variant = format!("Mesh ({} managers)", MEMBERS.len());
+    let mut mesh_failed = 0u64;
     let version_text = sh(&lab, MEMBERS[0], &["etcd", "--version"]).context(
         "asking etcd for its version (Debian package etcd-server, which scripts/setup.sh installs)",
     )?;
@@ -112,6 +121,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut killed = Vec::new();
     let mut kill_calls = Vec::new();
     let mut recoveries = Vec::new();
+    let mut mesh_killed = Vec::new();
     for round in 0..ctx.repeat {
         // Every client count, then a failover: interleaved, so drift hits them alike.
         for (&n, names) in clients.iter().zip(&names) {
@@ -142,6 +152,42 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             rec.sample(&names.p50, &variant, p50);
             let p99 = percentile(&load.latencies_ms, 99.0).unwrap_or(f64::NAN);
             rec.sample(&names.p99, &variant, p99);
+
+            let leader = mesh
+                .wait_healthy()
+                .context("finding the Mesh leader before a load run")?;
+            eprintln!(
+                "raft: round {} of {}, {n} client(s) writing to Mesh leader {}",
+                round + 1,
+                ctx.repeat,
+                MEMBERS[leader]
+            );
+            let load =
+                mesh::write_load(mesh.socket(leader), n, warmup, duration).with_context(|| {
+                    format!("{n} client(s) writing to Mesh leader {}", MEMBERS[leader])
+                })?;
+            if let Some(answer) = &load.first_failure {
+                eprintln!(
+                    "raft: {} Mesh write(s) not committed, the first: {answer}",
+                    load.failed
+                );
+            }
+            mesh_failed += load.failed;
+            rec.sample(
+                &names.rate,
+                &mesh_variant,
+                load.committed as f64 / duration.as_secs_f64(),
+            );
+            rec.sample(
+                &names.p50,
+                &mesh_variant,
+                percentile(&load.latencies_ms, 50.0).unwrap_or(f64::NAN),
+            );
+            rec.sample(
+                &names.p99,
+                &mesh_variant,
+                percentile(&load.latencies_ms, 99.0).unwrap_or(f64::NAN),
+            );
         }
 
         let leader = cluster
@@ -195,6 +241,43 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             format!("waiting for restarted member {host} to rejoin and catch up")
         })?;
         recoveries.push(restarted.elapsed());
+
+        // The same power cut for Mesh's leader. Probing starts once the kill has returned (the
+        // leader is gone for good by then); the clock started before the kill.
+        let leader = mesh
+            .wait_healthy()
+            .context("finding the Mesh leader before the failover")?;
+        let host = MEMBERS[leader];
+        eprintln!(
+            "raft: round {} of {}, killing Mesh leader {host}",
+            round + 1,
+            ctx.repeat
+        );
+        let survivors: Vec<_> = (0..MEMBERS.len())
+            .filter(|&i| i != leader)
+            .map(|i| mesh.socket(i).clone())
+            .collect();
+        let killed_at = Instant::now();
+        lab.kill(host)
+            .with_context(|| format!("powering off Mesh leader {host}"))?;
+        let took = probe_until_committed(killed_at, move |n| mesh::probe(&survivors, n))
+            .with_context(|| {
+                format!("waiting for a committed Mesh write after killing leader {host}")
+            })?;
+        rec.sample(FAILOVER, &mesh_variant, took.as_secs_f64() * 1e3);
+        mesh_killed.push(host);
+        // The power cut took that host's etcd member too: restart it, then wait for both.
+        if let Some(mut process) = cluster.members[leader].process.take() {
+            let _ = process.wait();
+        }
+        lab.start(host)
+            .with_context(|| format!("powering {host} back on"))?;
+        cluster.start_member(&lab, leader, "existing")?;
+        cluster
+            .wait_healthy()
+            .with_context(|| format!("waiting for etcd member {host} to rejoin"))?;
+        mesh.wait_healthy()
+            .with_context(|| format!("waiting for Mesh manager {host} to rejoin"))?;
     }
     drop(cluster);
 
@@ -206,13 +289,15 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     };
     Ok(Outcome {
         metrics: rec.finish(),
-        pending: vec![Pending {
-            what: "Mesh Raft managers: commits/s, latency, failover".into(),
-            reason: "the control plane is not built yet (issue 4)".into(),
-        }],
+        pending: Vec::new(),
         notes: vec![
             format!(
-                "Three lab managers m1-m3 on plain veth links (MTU 1500), no meshd, each running one member of an etcd {version} cluster (Debian's etcd-server, built with {go}) with default tuning (heartbeat 100 ms, election timeout 1000 ms, snapshot every 100 000 entries, no compaction); data dirs under the lab directory on the machine's disk ({filesystem}, as `stat -f` names it), so every commit waits for the WAL fsync of the leader and of at least one follower."
+                "Mesh: the same three hosts run meshd as a 3-manager cluster (openraft, heartbeat 100 ms, election timeout 500-1000 ms, log on redb with an fsync per commit). A write sets one {VALUE_SIZE}-byte node label through the cluster API, sent as meshctl sends it: a JSON line on the leader's local control socket, one connection per client, in a closed loop; same clients, warm-up and window as etcd. {mesh_failed} writes not committed in all runs. Failover: the leader's host is powered off; once the kill returns, a write goes to a survivor's socket every {} ms (a follower forwards it to the leader Raft names); the figure runs from before the kill to the first committed write. Mesh leaders killed, in order: {}.",
+                PROBE_INTERVAL.as_millis(),
+                mesh_killed.join(", ")
+            ),
+            format!(
+                "Three lab managers m1-m3 on plain veth links (MTU 1500), each running one member of an etcd {version} cluster (Debian's etcd-server, built with {go}) with default tuning (heartbeat 100 ms, election timeout 1000 ms, snapshot every 100 000 entries, no compaction); data dirs under the lab directory on the machine's disk ({filesystem}, as `stat -f` names it), so every commit waits for the WAL fsync of the leader and of at least one follower."
             ),
             format!(
                 "A write is a PUT of an {KEY_SIZE}-byte key and a {VALUE_SIZE}-byte value through etcd's v3 JSON gateway (POST {PUT_PATH}), sent from c1 to the current leader (found with POST {STATUS_PATH} on every member); a 200 answer means committed. Each client is one thread with one keep-alive HTTP/1.1 connection in a closed loop (next PUT when the previous answers); {} clients. Each sample: {:.1} s warm-up, then {} s measured; writes/s counts 200 answers completed in the measured window, latency is from sending a request to reading its whole answer. {failed_answers} non-200 answers in all runs.",
@@ -286,12 +371,38 @@ fn write_load(
             LOAD_IO_TIMEOUT,
         )?);
     }
-    let start = Arc::new(Barrier::new(clients));
+    let value = value.to_string();
+    closed_loop(conns, warmup, duration, move |conn, client, seq| {
+        let body = format!(
+            r#"{{"key":"{}","value":"{value}"}}"#,
+            base64(write_key(client, seq).as_bytes())
+        );
+        let answer = conn.post(PUT_PATH, &body)?;
+        Ok(if answer.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", answer.status, answer.text()))
+        })
+    })
+}
+
+/// One thread per connection, each writing in a closed loop (the next write when the previous
+/// answers) for `warmup` then `duration`; only writes completed in the measured window count.
+/// `write` returns Ok(Ok) for a committed write, Ok(Err(answer)) for a refused one, and Err
+/// when the connection failed.
+fn closed_loop<C: Send + 'static>(
+    conns: Vec<C>,
+    warmup: Duration,
+    duration: Duration,
+    write: impl Fn(&mut C, usize, u32) -> Result<Result<(), String>> + Send + Sync + 'static,
+) -> Result<Load> {
+    let start = Arc::new(Barrier::new(conns.len()));
+    let write = Arc::new(write);
     let workers = conns
         .into_iter()
         .enumerate()
         .map(|(client, mut conn)| {
-            let (start, value) = (Arc::clone(&start), value.to_string());
+            let (start, write) = (Arc::clone(&start), Arc::clone(&write));
             std::thread::Builder::new()
                 .name(format!("raft-client-{client}"))
                 .stack_size(256 * 1024)
@@ -311,26 +422,22 @@ fn write_load(
                         if sent >= end {
                             return Ok(load);
                         }
-                        let body = format!(
-                            r#"{{"key":"{}","value":"{value}"}}"#,
-                            base64(write_key(client, seq).as_bytes())
-                        );
                         seq = seq.wrapping_add(1);
-                        let answer = conn
-                            .post(PUT_PATH, &body)
+                        let answer = write(&mut conn, client, seq)
                             .with_context(|| format!("client {client}, write {seq}"))?;
                         let done = Instant::now();
                         if done < measure_from || done > end {
                             continue;
                         }
-                        if answer.status == 200 {
-                            load.committed += 1;
-                            load.latencies_ms.push((done - sent).as_secs_f64() * 1e3);
-                        } else {
-                            load.failed += 1;
-                            load.first_failure.get_or_insert_with(|| {
-                                format!("{}: {}", answer.status, answer.text())
-                            });
+                        match answer {
+                            Ok(()) => {
+                                load.committed += 1;
+                                load.latencies_ms.push((done - sent).as_secs_f64() * 1e3);
+                            }
+                            Err(answer) => {
+                                load.failed += 1;
+                                load.first_failure.get_or_insert(answer);
+                            }
                         }
                     }
                 })
@@ -375,6 +482,26 @@ fn failover(
     killed_at: Instant,
     value: &str,
 ) -> Result<Duration> {
+    let (netns, survivors, value) = (netns.to_string(), survivors.to_vec(), value.to_string());
+    probe_until_committed(killed_at, move |sent| {
+        let target = survivors[sent % survivors.len()];
+        let body = format!(
+            r#"{{"key":"{}","value":"{value}"}}"#,
+            base64(write_key(0xfff, sent as u32).as_bytes())
+        );
+        let answer = HttpConn::open(&netns, target, CONNECT_TIMEOUT, PROBE_TIMEOUT)
+            .and_then(|mut c| c.post(PUT_PATH, &body));
+        matches!(answer, Ok(ref a) if a.status == 200)
+    })
+}
+
+/// From `killed_at`, starts `probe(n)` on a thread of its own every PROBE_INTERVAL, so slow
+/// probes overlap, and returns the time to the first that reports a committed write.
+fn probe_until_committed(
+    killed_at: Instant,
+    probe: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> Result<Duration> {
+    let probe = Arc::new(probe);
     let (tx, rx) = mpsc::channel::<Instant>();
     let mut probes = Vec::new();
     let mut next = Instant::now();
@@ -383,24 +510,15 @@ fn failover(
         let now = Instant::now();
         if now.duration_since(killed_at) > FAILOVER_LIMIT {
             break Err(anyhow!(
-                "no PUT through {survivors:?} committed within {} s",
+                "no write committed within {} s of the kill",
                 FAILOVER_LIMIT.as_secs()
             ));
         }
         if now >= next {
-            let (tx, netns, target) = (
-                tx.clone(),
-                netns.to_string(),
-                survivors[sent % survivors.len()],
-            );
-            let body = format!(
-                r#"{{"key":"{}","value":"{value}"}}"#,
-                base64(write_key(0xfff, sent as u32).as_bytes())
-            );
+            let (tx, probe) = (tx.clone(), Arc::clone(&probe));
+            let n = sent;
             probes.push(std::thread::spawn(move || {
-                let answer = HttpConn::open(&netns, target, CONNECT_TIMEOUT, PROBE_TIMEOUT)
-                    .and_then(|mut c| c.post(PUT_PATH, &body));
-                if matches!(answer, Ok(ref a) if a.status == 200) {
+                if probe(n) {
                     let _ = tx.send(Instant::now());
                 }
             }));
@@ -413,7 +531,7 @@ fn failover(
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("this loop holds a sender"),
         }
     };
-    // Probes still waiting give up within PROBE_TIMEOUT.
+    // Probes still waiting give up within their own timeouts.
     for probe in probes {
         let _ = probe.join();
     }
