@@ -83,10 +83,11 @@ impl Manager {
         let store = StateMachine::open(&dir).map_err(|e| store_error(e.to_string()))?;
         let config = Config {
             cluster_name: "mesh".into(),
-            // Elections finish well inside the 2 s a failover may take.
+            // A follower calls an election after 3 to 6 missed heartbeats, so a dead leader is
+            // replaced, and the next write committed, well inside the 2 s a failover may take.
             heartbeat_interval: 100,
-            election_timeout_min: 500,
-            election_timeout_max: 1000,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 500,
             ..Default::default()
