@@ -33,8 +33,7 @@ pub fn swarm_style_vxlan(lab: &Lab, hosts: &[&str]) -> Result<Vec<OverlayTask>> 
     let mut tasks = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let host_ns = lab.netns(host)?;
-        let sandbox = format!("{host_ns}.ov");
-        let task_ns = format!("{host_ns}.task");
+        let (sandbox, task_ns) = (format!("{host_ns}.ov"), format!("{host_ns}.task"));
         let ordinal = u8::try_from(i + 2)?;
         let task = OverlayTask {
             host: host.to_string(),
@@ -42,190 +41,96 @@ pub fn swarm_style_vxlan(lab: &Lab, hosts: &[&str]) -> Result<Vec<OverlayTask>> 
             ip: Ipv4Addr::new(10, 99, 0, ordinal),
             mac: format!("02:42:0a:63:00:{ordinal:02x}"),
         };
+        let local = lab.address(host)?;
+        let (ip, mac) = (task.ip, &task.mac);
         for ns in [&sandbox, &task_ns] {
-            sh(lab, host, &["ip", "netns", "add", ns])?;
-            sh(lab, host, &in_ns(ns, &["ip", "link", "set", "lo", "up"]))?;
+            run_ip(lab, host, None, &format!("netns add {ns}"))?;
+            run_ip(lab, host, Some(ns), "link set lo up")?;
         }
-        let local = lab.address(host)?.to_string();
-        sh(
+        run_ip(
             lab,
             host,
-            &[
-                "ip",
-                "link",
-                "add",
-                "vx-bench",
-                "type",
-                "vxlan",
-                "id",
-                VNI,
-                "local",
-                &local,
-                "dstport",
-                "4789",
-                "nolearning",
-            ],
+            None,
+            &format!("link add vx-bench type vxlan id {VNI} local {local} dstport 4789 nolearning"),
         )?;
-        sh(
+        run_ip(
             lab,
             host,
-            &["ip", "link", "set", "vx-bench", "netns", &sandbox],
+            None,
+            &format!("link set vx-bench netns {sandbox}"),
         )?;
-        sh(
+        let sb = Some(sandbox.as_str());
+        run_ip(
             lab,
             host,
-            &in_ns(
-                &sandbox,
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "br0",
-                    "mtu",
-                    OVERLAY_MTU,
-                    "type",
-                    "bridge",
-                ],
+            sb,
+            &format!("link add br0 mtu {OVERLAY_MTU} type bridge"),
+        )?;
+        run_ip(
+            lab,
+            host,
+            sb,
+            &format!("link set vx-bench mtu {OVERLAY_MTU} master br0 up"),
+        )?;
+        run_ip(
+            lab,
+            host,
+            sb,
+            &format!(
+                "link add veth-task mtu {OVERLAY_MTU} type veth peer name eth0 netns {task_ns}"
             ),
         )?;
-        sh(
+        run_ip(lab, host, sb, "link set veth-task master br0 up")?;
+        run_ip(lab, host, sb, "link set br0 up")?;
+        run_ip(
             lab,
             host,
-            &in_ns(
-                &sandbox,
-                &[
-                    "ip",
-                    "link",
-                    "set",
-                    "vx-bench",
-                    "mtu",
-                    OVERLAY_MTU,
-                    "master",
-                    "br0",
-                    "up",
-                ],
-            ),
+            Some(&task_ns),
+            &format!("link set eth0 address {mac} mtu {OVERLAY_MTU} up"),
         )?;
-        sh(
+        run_ip(
             lab,
             host,
-            &in_ns(
-                &sandbox,
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "veth-task",
-                    "mtu",
-                    OVERLAY_MTU,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &task_ns,
-                ],
-            ),
-        )?;
-        sh(
-            lab,
-            host,
-            &in_ns(
-                &sandbox,
-                &["ip", "link", "set", "veth-task", "master", "br0", "up"],
-            ),
-        )?;
-        sh(
-            lab,
-            host,
-            &in_ns(&sandbox, &["ip", "link", "set", "br0", "up"]),
-        )?;
-        sh(
-            lab,
-            host,
-            &in_ns(
-                &task_ns,
-                &[
-                    "ip",
-                    "link",
-                    "set",
-                    "eth0",
-                    "address",
-                    &task.mac,
-                    "mtu",
-                    OVERLAY_MTU,
-                    "up",
-                ],
-            ),
-        )?;
-        sh(
-            lab,
-            host,
-            &in_ns(
-                &task_ns,
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}/24", task.ip),
-                    "dev",
-                    "eth0",
-                ],
-            ),
+            Some(&task_ns),
+            &format!("addr add {ip}/24 dev eth0"),
         )?;
         tasks.push(task);
     }
     for (i, host) in hosts.iter().enumerate() {
-        let host_ns = lab.netns(host)?;
-        let sandbox = format!("{host_ns}.ov");
+        let sandbox = format!("{}.ov", lab.netns(host)?);
         for (j, remote) in tasks.iter().enumerate() {
             if i == j {
                 continue;
             }
-            let remote_vtep = lab.address(&remote.host)?.to_string();
-            let ip = remote.ip.to_string();
-            sh(
+            let vtep = lab.address(&remote.host)?;
+            let (ip, mac) = (remote.ip, &remote.mac);
+            run_ip(
                 lab,
                 host,
-                &in_ns(
-                    &tasks[i].netns,
-                    &[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        &ip,
-                        "lladdr",
-                        &remote.mac,
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ],
-                ),
+                Some(&tasks[i].netns),
+                &format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent"),
             )?;
-            sh(
-                lab,
-                host,
-                &in_ns(
-                    &sandbox,
-                    &[
-                        "bridge",
-                        "fdb",
-                        "replace",
-                        &remote.mac,
-                        "dev",
-                        "vx-bench",
-                        "dst",
-                        &remote_vtep,
-                        "self",
-                        "permanent",
-                    ],
-                ),
-            )?;
+            let fdb = format!("fdb replace {mac} dev vx-bench dst {vtep} self permanent");
+            run_tool(lab, host, Some(&sandbox), "bridge", &fdb)?;
         }
     }
     Ok(tasks)
+}
+
+/// Runs `ip COMMAND` (words separated by single spaces) in `host`, or in namespace `ns` there.
+fn run_ip(lab: &Lab, host: &str, ns: Option<&str>, command: &str) -> Result<()> {
+    run_tool(lab, host, ns, "ip", command)
+}
+
+/// Runs `PROGRAM COMMAND` in `host`, or in namespace `ns` there.
+fn run_tool(lab: &Lab, host: &str, ns: Option<&str>, program: &str, command: &str) -> Result<()> {
+    let mut argv = vec![program];
+    argv.extend(command.split(' '));
+    match ns {
+        Some(ns) => sh(lab, host, &in_ns(ns, &argv)),
+        None => sh(lab, host, &argv),
+    }
+    .map(drop)
 }
 
 /// Sets up kube-proxy/Swarm-style load balancing on `host`: nftables DNAT of `port` to the
