@@ -21,6 +21,10 @@ pub enum ApiRequest {
         label_add: BTreeMap<String, String>,
         label_rm: Vec<String>,
     },
+    /// Worker → manager.
+    NodePromote { node: String },
+    /// Manager → worker.
+    NodeDemote { node: String },
     /// Remove a node; `force` removes one that is still up.
     NodeRemove { node: String, force: bool },
     /// Show, or rotate and show, a join token.

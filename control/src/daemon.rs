@@ -74,7 +74,9 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
             "forced a new cluster: this manager is now the only voter; the removed managers must rejoin"
         );
     }
+    let cluster = Arc::new(cluster);
     cluster.resume().await.map_err(DaemonError::Cluster)?;
+    cluster.supervise();
     let shared = Arc::new(Shared {
         config,
         started: Instant::now(),
@@ -113,7 +115,7 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
 struct Shared {
     config: Config,
     started: Instant,
-    cluster: ClusterNode,
+    cluster: Arc<ClusterNode>,
 }
 
 /// Holds the state directory's lock for meshd's lifetime.
@@ -204,6 +206,10 @@ async fn handle(request: Request, shared: &Shared) -> Response {
         },
         Request::SwarmJoin(options) => match shared.cluster.join(options).await {
             Ok(membership) => Response::Joined(membership),
+            Err(message) => Response::Error { message },
+        },
+        Request::SwarmLeave { force } => match shared.cluster.leave(force).await {
+            Ok(()) => Response::Left,
             Err(message) => Response::Error { message },
         },
         Request::Cluster { request } => Response::Cluster {

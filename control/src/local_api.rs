@@ -26,6 +26,8 @@ pub enum Request {
     SwarmInit(InitOptions),
     /// Join a cluster.
     SwarmJoin(JoinOptions),
+    /// Leave the cluster.
+    SwarmLeave { force: bool },
     /// A cluster API call, answered by the managers.
     Cluster { request: ApiRequest },
 }
@@ -40,6 +42,8 @@ pub enum Response {
     Initialized(Initialized),
     /// Answer to `SwarmJoin`.
     Joined(MembershipView),
+    /// Answer to `SwarmLeave`.
+    Left,
     /// Answer to `Cluster`.
     Cluster { answer: ApiResponse },
     /// The request was refused; the message says why and what to do.

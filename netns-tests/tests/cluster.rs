@@ -435,3 +435,93 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     run(&lab, "m1", &["node", "rm", "--force", "w1"]).unwrap();
     assert_eq!(nodes(&lab, "m1").len(), 1);
 }
+
+#[test]
+fn promote_demote_and_leave_change_roles_without_losing_quorum() {
+    let lab = TestLab::up("roles", managers(3, 2));
+    let role_of = |lab: &TestLab, name: &str| {
+        let list = nodes(lab, "m1");
+        let node = list.iter().find(|n| n["name"] == name).unwrap().clone();
+        (
+            node["role"].as_str().unwrap().to_string(),
+            node["manager_status"].as_str().map(str::to_string),
+        )
+    };
+    // Promotion: w1 gets a manager certificate, starts Raft and becomes a reachable voter.
+    let out = run(&lab, "m1", &["node", "promote", "w1"]).unwrap();
+    assert!(out.contains("promoted"), "{out}");
+    until_ok(Duration::from_secs(15), || match role_of(&lab, "w1") {
+        (role, Some(status)) if role == "manager" && status == "Reachable" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .unwrap_or_else(|e| panic!("w1 never became a reachable manager: {e}"));
+    // It answers the cluster API itself now.
+    until_ok(Duration::from_secs(10), || run(&lab, "w1", &["node", "ls"])).unwrap();
+
+    // Demotion back: a worker again, and refused the API.
+    run(&lab, "m1", &["node", "demote", "w1"]).unwrap();
+    until_ok(Duration::from_secs(15), || {
+        match run(&lab, "w1", &["node", "ls"]) {
+            Err(err) if err.contains("this node is a worker") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("w1 still acts as a manager: {e}"));
+    assert_eq!(role_of(&lab, "w1").0, "worker");
+
+    // Demoting down to one manager is allowed while all are reachable; the even count warns.
+    let out = run(&lab, "m1", &["node", "demote", "m3"]).unwrap();
+    assert!(out.contains("demoted"), "{out}");
+    let err = run(&lab, "m1", &["node", "demote", "w2"]).unwrap_err();
+    assert!(err.contains("already a worker"), "{err}");
+
+    // Leaving: a manager is told to demote first; a worker leaves and shows as Down.
+    let err = run(&lab, "m2", &["swarm", "leave"]).unwrap_err();
+    assert!(
+        err.contains("demote it first") && err.contains("--force"),
+        "{err}"
+    );
+    run(&lab, "w2", &["swarm", "leave"]).unwrap();
+    let list = nodes(&lab, "m1");
+    assert_eq!(
+        list.iter().find(|n| n["name"] == "w2").unwrap()["status"],
+        "down"
+    );
+    let info = run(&lab, "w2", &["info"]).unwrap();
+    assert!(info.contains("inactive"), "{info}");
+    // The cluster still takes writes with its two managers.
+    run(
+        &lab,
+        "m2",
+        &["node", "update", "w1", "--label-add", "still=writable"],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_demotion_that_would_lose_quorum_is_refused() {
+    let mut lab = TestLab::up("demoteq", managers(3, 0));
+    let leader = leaders(&nodes(&lab, "m1")).pop().unwrap();
+    let others: Vec<String> = ["m1", "m2", "m3"]
+        .iter()
+        .filter(|m| **m != leader)
+        .map(|m| m.to_string())
+        .collect();
+    lab.lab_mut().kill(&others[0]).unwrap();
+    // The leader must notice the silence before it counts the manager as unreachable.
+    let err = until_ok(Duration::from_secs(10), || {
+        match run(&lab, &leader, &["node", "demote", &others[1]]) {
+            Err(err) if err.contains("would lose quorum") => Ok(err),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .map(|(err, _)| err)
+    .unwrap_or_else(|e| panic!("the demotion was not refused: {e}"));
+    assert!(err.contains("bring the other managers back"), "{err}");
+    let list = nodes(&lab, &leader);
+    assert_eq!(
+        list.iter().filter(|n| n["role"] == "manager").count(),
+        3,
+        "a manager was demoted: {list:?}"
+    );
+}

@@ -178,6 +178,8 @@ impl Manager {
                 }
             }
             ApiRequest::NodeRemove { node, force } => self.remove_node(&node, force).await,
+            ApiRequest::NodePromote { node } => self.promote(&node).await,
+            ApiRequest::NodeDemote { node } => self.demote(&node).await,
             ApiRequest::JoinToken { role, rotate } => {
                 if rotate {
                     let secret = match fresh_secret() {
@@ -214,22 +216,8 @@ impl Manager {
             ));
         }
         if node.role == Role::Manager {
-            let voters = self.voters().len();
-            let reachable = self.reachable_voters();
-            let removing_reachable = usize::from(node.status == NodeStatus::Ready);
-            if !quorum::removal_keeps_quorum(voters, reachable, 1, removing_reachable) {
-                return ApiResponse::Error(format!(
-                    "removing manager {} would lose quorum ({reachable} of {voters} managers reachable); bring the other managers back first",
-                    node.name
-                ));
-            }
-            let change =
-                openraft::ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([node.id]));
-            if let Err(err) = self.raft.change_membership(change, false).await {
-                return ApiResponse::Error(format!(
-                    "removing manager {} from Raft: {err}",
-                    node.name
-                ));
+            if let Err(answer) = self.leave_raft(&node).await {
+                return answer;
             }
         }
         match self.apply(Command::RemoveNode { id: node.id }).await {
@@ -333,14 +321,21 @@ impl Manager {
 
     /// Managers that answer on the cluster port at all (a quick probe, for error messages).
     async fn count_reachable_managers(&self) -> usize {
+        self.probe_voters().await.len()
+    }
+
+    /// The voters that answer a probe on the cluster port within 500 ms, this one included.
+    /// Membership changes use this rather than heartbeat ages: a manager that died a second
+    /// ago still looks alive to the heartbeat bookkeeping.
+    pub(super) async fn probe_voters(&self) -> std::collections::BTreeSet<crate::store::NodeId> {
         let Ok(tls) = self.credentials.client_config() else {
-            return 1;
+            return std::collections::BTreeSet::from([self.node_id]);
         };
         let probes = self.voters().into_iter().map(|(id, addr)| {
             let tls = std::sync::Arc::clone(&tls);
             async move {
                 if id == self.node_id {
-                    return true;
+                    return Some(id);
                 }
                 let client = crate::rpc::client::Client::new(
                     &addr,
@@ -354,14 +349,15 @@ impl Manager {
                 client
                     .call(&probe, Duration::from_millis(500))
                     .await
-                    .is_ok()
+                    .ok()
+                    .map(|_| id)
             }
         });
         futures_util::future::join_all(probes)
             .await
             .into_iter()
-            .filter(|up| *up)
-            .count()
+            .flatten()
+            .collect()
     }
 }
 

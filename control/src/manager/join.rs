@@ -130,7 +130,7 @@ impl Manager {
     }
 }
 
-async fn promote_to_voter(raft: crate::raft::typ::Raft, node_id: NodeId, addr: String) {
+pub(super) async fn promote_to_voter(raft: crate::raft::typ::Raft, node_id: NodeId, addr: String) {
     let deadline = tokio::time::Instant::now() + PROMOTE_DEADLINE;
     while tokio::time::Instant::now() < deadline {
         let learner = raft

@@ -4,6 +4,7 @@
 mod api;
 mod join;
 mod liveness;
+mod roles;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -312,7 +313,42 @@ impl Handler for Manager {
                     };
                 }
                 self.seen(node_id);
-                Response::Managers(self.manager_addrs())
+                let role = self.read(|s| s.nodes.get(&node_id).map(|n| n.role));
+                match role {
+                    Some(role) => Response::HeartbeatAck {
+                        managers: self.manager_addrs(),
+                        role,
+                    },
+                    None => Response::Refused(
+                        "this node is no longer in the cluster; join again".into(),
+                    ),
+                }
+            }
+            Request::Renew { csr_der } => {
+                let Some(peer) = peer.filter(|p| p.cluster_id == cluster_id) else {
+                    return Response::Refused(
+                        "refused: renewal needs a certificate of this cluster".into(),
+                    );
+                };
+                if !self.is_leader() {
+                    return Response::NotLeader {
+                        leader_addr: self.leader_addr(),
+                    };
+                }
+                self.renew(&peer, &csr_der).await
+            }
+            Request::Leave => {
+                let Some(peer) = peer.filter(|p| p.cluster_id == cluster_id) else {
+                    return Response::Refused(
+                        "refused: leaving needs a certificate of this cluster".into(),
+                    );
+                };
+                if !self.is_leader() {
+                    return Response::NotLeader {
+                        leader_addr: self.leader_addr(),
+                    };
+                }
+                self.leave(&peer).await
             }
             Request::Api(request) => {
                 if !is_manager_of(&peer, &cluster_id) {

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use crate::cluster::tls::manager_server_name;
 use crate::rpc::client::{Client, RpcError};
 use crate::rpc::messages::{Request, Response};
-use crate::store::NodeId;
+use crate::store::{NodeId, Role};
 
 /// How often a node tells the leader it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -105,8 +105,15 @@ fn describe(err: &RpcError) -> String {
     err.to_string()
 }
 
-/// Sends heartbeats forever. Answers refresh the list of managers.
-pub async fn run(node_id: NodeId, leader: Arc<LeaderClient>) {
+/// Sends heartbeats forever. Answers refresh the list of managers; when an answer names a role
+/// other than `role`, it is sent (once) on `role_changed`.
+pub async fn run(
+    node_id: NodeId,
+    role: Role,
+    leader: Arc<LeaderClient>,
+    role_changed: mpsc::UnboundedSender<Role>,
+) {
+    let mut reported = false;
     let version = env!("CARGO_PKG_VERSION").to_string();
     let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -117,7 +124,16 @@ pub async fn run(node_id: NodeId, leader: Arc<LeaderClient>) {
             version: version.clone(),
         };
         match leader.call(&request, Duration::from_secs(1)).await {
-            Ok(Response::Managers(managers)) => leader.set_managers(managers).await,
+            Ok(Response::HeartbeatAck {
+                managers,
+                role: wanted,
+            }) => {
+                leader.set_managers(managers).await;
+                if wanted != role && !reported {
+                    tracing::info!(from = ?role, to = ?wanted, "the cluster changed this node's role");
+                    reported = role_changed.send(wanted).is_ok();
+                }
+            }
             Ok(other) => tracing::debug!(answer = ?other, "unexpected heartbeat answer"),
             Err(err) => tracing::debug!(error = %err, "heartbeat"),
         }

@@ -27,6 +27,10 @@ pub enum Request {
     Heartbeat { node_id: NodeId, version: String },
     /// A cluster API call forwarded by a manager to the leader.
     Api(ApiRequest),
+    /// A node whose role changed asks for a certificate of its new role.
+    Renew { csr_der: Vec<u8> },
+    /// A node leaves the cluster.
+    Leave,
 }
 
 /// What a joining node sends.
@@ -76,8 +80,17 @@ pub enum Response {
     Joined(JoinAccepted),
     /// Answer to an API call.
     Api(ApiResponse),
-    /// A heartbeat was recorded; these are the managers' addresses now.
-    Managers(Vec<String>),
+    /// A heartbeat was recorded: the managers' addresses now, and the role the cluster wants
+    /// this node in (it differs from the node's after a promotion or demotion).
+    HeartbeatAck { managers: Vec<String>, role: Role },
+    /// A certificate for the node's current role.
+    Renewed {
+        cert_pem: String,
+        role: Role,
+        managers: Vec<(NodeId, String)>,
+    },
+    /// Done.
+    Ok,
     /// This manager is not the leader; ask there (when one is known).
     NotLeader { leader_addr: Option<String> },
     /// Refused; the message says why and what to do.

@@ -50,6 +50,12 @@ pub enum SwarmCommand {
         #[arg(long)]
         listen_addr: Option<SocketAddr>,
     },
+    /// Leave the cluster (a manager must be demoted first, or use --force).
+    Leave {
+        /// Leave even as a manager, or without the leader's agreement.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show (or rotate) the token for joining as a worker or a manager.
     JoinToken {
         /// worker or manager.
@@ -92,6 +98,18 @@ pub enum NodeCommand {
         /// Remove a label (repeatable).
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
+    },
+    /// Make workers managers.
+    Promote {
+        /// Node names or IDs.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers (refused when it would lose quorum).
+    Demote {
+        /// Node names or IDs.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
     /// Remove a node from the cluster.
     Rm {
@@ -223,6 +241,12 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
                 view.node_id
             );
         }
+        SwarmCommand::Leave { force } => {
+            let Response::Left = call(socket, Request::SwarmLeave { force })? else {
+                bail!("meshd answered with something else; is meshctl the same version as meshd?");
+            };
+            println!("This node left the cluster.");
+        }
         SwarmCommand::JoinToken {
             role,
             rotate,
@@ -320,6 +344,16 @@ pub fn node(socket: &Path, command: NodeCommand) -> anyhow::Result<ExitCode> {
                 label_rm,
             };
             print_done(cluster(socket, request)?);
+        }
+        NodeCommand::Promote { nodes } => {
+            for node in nodes {
+                print_done(cluster(socket, ApiRequest::NodePromote { node })?);
+            }
+        }
+        NodeCommand::Demote { nodes } => {
+            for node in nodes {
+                print_done(cluster(socket, ApiRequest::NodeDemote { node })?);
+            }
         }
         NodeCommand::Rm { node, force } => {
             print_done(cluster(socket, ApiRequest::NodeRemove { node, force })?)
