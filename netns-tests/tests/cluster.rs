@@ -525,3 +525,47 @@ fn a_demotion_that_would_lose_quorum_is_refused() {
         "a manager was demoted: {list:?}"
     );
 }
+
+#[test]
+fn a_short_blip_does_not_flap_a_node_and_workers_see_the_leader() {
+    let mut lab = TestLab::up("blip", managers(1, 1));
+    let info = run(&lab, "w1", &["info", "--format", "json"]).unwrap();
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["membership"]["leader_reachable"], true, "{info}");
+    // One second of silence is under the 3 s down timeout: w1 must stay Ready throughout.
+    lab.lab_mut()
+        .partition(&["w1".into()], &["m1".into()])
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let list = nodes(&lab, "m1");
+        assert_eq!(
+            list.iter().find(|n| n["name"] == "w1").unwrap()["status"],
+            "ready",
+            "w1 flapped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.lab_mut().heal().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let list = nodes(&lab, "m1");
+    assert_eq!(
+        list.iter().find(|n| n["name"] == "w1").unwrap()["status"],
+        "ready",
+        "w1 flapped after the blip"
+    );
+    // A long partition does take it Down, and the worker knows it has lost the leader.
+    lab.lab_mut()
+        .partition(&["w1".into()], &["m1".into()])
+        .unwrap();
+    until_ok(Duration::from_secs(10), || {
+        let info: Value =
+            serde_json::from_str(&run(&lab, "w1", &["info", "--format", "json"])?).unwrap();
+        if info["membership"]["leader_reachable"] == false {
+            Ok(())
+        } else {
+            Err("still reachable".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("w1 still believes it reaches the leader: {e}"));
+}

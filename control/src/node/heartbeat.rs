@@ -16,6 +16,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Calls whichever manager leads, following redirects and trying the managers it knows.
 pub struct LeaderClient {
+    /// When the leader last acknowledged a heartbeat.
+    last_ack: std::sync::Mutex<Option<std::time::Instant>>,
     tls: Arc<ClientConfig>,
     managers: Mutex<Vec<String>>,
     current: Mutex<Option<Arc<Client>>>,
@@ -33,10 +35,19 @@ impl LeaderClient {
     /// A client that starts with `managers` (host:port each).
     pub fn new(tls: Arc<ClientConfig>, managers: Vec<String>) -> Self {
         LeaderClient {
+            last_ack: std::sync::Mutex::new(None),
             tls,
             managers: Mutex::new(managers),
             current: Mutex::new(None),
         }
+    }
+
+    /// Whether the leader acknowledged a heartbeat within the last two seconds.
+    pub fn leader_reachable(&self) -> bool {
+        self.last_ack
+            .lock()
+            .expect("heartbeat lock")
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(2))
     }
 
     /// Replaces the known managers (the leader reports them in every heartbeat answer).
@@ -129,6 +140,7 @@ pub async fn run(
                 role: wanted,
             }) => {
                 leader.set_managers(managers).await;
+                *leader.last_ack.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
                 if wanted != role && !reported {
                     tracing::info!(from = ?role, to = ?wanted, "the cluster changed this node's role");
                     reported = role_changed.send(wanted).is_ok();

@@ -78,11 +78,14 @@ pub struct MembershipView {
     pub role: Role,
     /// Cluster address.
     pub addr: String,
+    /// Whether the leader acknowledged this node's heartbeats in the last two seconds.
+    pub leader_reachable: bool,
 }
 
 struct Running {
     identity: Identity,
     manager: Option<Arc<Manager>>,
+    leader: Arc<LeaderClient>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -183,6 +186,7 @@ impl ClusterNode {
                 cluster_id: m.cluster_id.clone(),
                 role: m.role,
                 addr: m.addr.clone(),
+                leader_reachable: r.leader.leader_reachable(),
             }
         })
     }
@@ -221,13 +225,14 @@ impl ClusterNode {
         tasks.push(tokio::spawn(heartbeat::run(
             membership.node_id,
             membership.role,
-            leader,
+            Arc::clone(&leader),
             self.role_changes.clone(),
         )));
         tracing::info!(node_id = %format_node_id(membership.node_id), role = ?membership.role, cluster = %membership.cluster_id, "cluster member");
         Ok(Running {
             identity,
             manager,
+            leader,
             tasks,
         })
     }
@@ -443,6 +448,7 @@ impl ClusterNode {
             cluster_id: accepted.cluster_id,
             role: accepted.role,
             addr: addr.to_string(),
+            leader_reachable: true,
         };
         *running = Some(started);
         Ok(view)

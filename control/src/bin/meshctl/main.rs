@@ -111,6 +111,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     lines.push(("Node ID", m.node_id.clone()));
                     lines.push(("Role", format!("{:?}", m.role).to_lowercase()));
                     lines.push(("Cluster ID", m.cluster_id.clone()));
+                    let reach = if m.leader_reachable {
+                        "yes"
+                    } else {
+                        "no: heartbeats are not acknowledged"
+                    };
+                    lines.push(("Leader reachable", reach.into()));
                 }
             }
             if let Some(view) = &cluster {
