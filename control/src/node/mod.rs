@@ -4,3 +4,4 @@
 pub mod heartbeat;
 pub mod identity;
 pub mod runtime;
+mod transitions;

@@ -82,11 +82,11 @@ pub struct MembershipView {
     pub leader_reachable: bool,
 }
 
-struct Running {
-    identity: Identity,
-    manager: Option<Arc<Manager>>,
-    leader: Arc<LeaderClient>,
-    tasks: Vec<JoinHandle<()>>,
+pub(super) struct Running {
+    pub(super) identity: Identity,
+    pub(super) manager: Option<Arc<Manager>>,
+    pub(super) leader: Arc<LeaderClient>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Running {
@@ -100,15 +100,15 @@ impl Drop for Running {
 /// The node's cluster side.
 pub struct ClusterNode {
     /// Role changes the heartbeat learns of, for the supervisor to act on.
-    role_changes: mpsc::UnboundedSender<Role>,
-    role_changes_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Role>>>,
-    state_dir: PathBuf,
-    node_name: String,
-    listen_addr: SocketAddr,
-    advertise_addr: Option<IpAddr>,
-    data_path_port: u16,
-    settings: ManagerSettings,
-    running: Mutex<Option<Running>>,
+    pub(super) role_changes: mpsc::UnboundedSender<Role>,
+    pub(super) role_changes_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Role>>>,
+    pub(super) state_dir: PathBuf,
+    pub(super) node_name: String,
+    pub(super) listen_addr: SocketAddr,
+    pub(super) advertise_addr: Option<IpAddr>,
+    pub(super) data_path_port: u16,
+    pub(super) settings: ManagerSettings,
+    pub(super) running: Mutex<Option<Running>>,
 }
 
 /// Node-side settings from meshd's configuration.
@@ -191,7 +191,7 @@ impl ClusterNode {
         })
     }
 
-    async fn start(&self, identity: Identity) -> Result<Running, String> {
+    pub(super) async fn start(&self, identity: Identity) -> Result<Running, String> {
         let membership = &identity.membership;
         let credentials = identity.credentials.clone();
         let tls = credentials.client_config().map_err(|e| e.to_string())?;
@@ -454,126 +454,6 @@ impl ClusterNode {
         Ok(view)
     }
 
-    /// Acts on role changes for as long as the node runs: promoted or demoted, it takes a
-    /// certificate of its new role and restarts its cluster side in that role.
-    pub fn supervise(self: &Arc<Self>) {
-        let Some(mut changes) = self.role_changes_rx.lock().expect("supervisor lock").take() else {
-            return;
-        };
-        let node = Arc::clone(self);
-        tokio::spawn(async move {
-            while let Some(role) = changes.recv().await {
-                if let Err(err) = node.change_role(role).await {
-                    tracing::warn!(error = %err, ?role, "changing this node's role; the next heartbeat retries");
-                }
-            }
-        });
-    }
-
-    async fn change_role(&self, wanted: Role) -> Result<(), String> {
-        let mut running = self.running.lock().await;
-        let Some(current) = running.as_ref() else {
-            return Ok(());
-        };
-        if current.identity.membership.role == wanted {
-            return Ok(());
-        }
-        let identity = current.identity.clone();
-        let (key_pem, csr_der) = new_node_key_and_csr(&format_node_id(identity.membership.node_id))
-            .map_err(|e| e.to_string())?;
-        let renewed = self
-            .call_leader(&identity, &Request::Renew { csr_der })
-            .await?;
-        let Response::Renewed {
-            cert_pem,
-            role,
-            managers,
-        } = renewed
-        else {
-            return Err(format!("unexpected answer to a renewal: {renewed:?}"));
-        };
-        let stopped = running.take().expect("checked above");
-        stop(stopped).await;
-        if role == Role::Worker {
-            // A demoted manager is no longer a voter: its Raft state must not come back.
-            let _ = std::fs::remove_dir_all(self.state_dir.join("raft"));
-        }
-        let identity = Identity {
-            membership: Membership {
-                role,
-                managers,
-                ..identity.membership
-            },
-            credentials: NodeCredentials {
-                cert_pem,
-                key_pem,
-                ..identity.credentials
-            },
-        };
-        identity
-            .save(&self.state_dir)
-            .map_err(|e| format!("saving the node identity: {e}"))?;
-        *running = Some(self.start(identity).await?);
-        tracing::info!(?role, "now running in the new role");
-        Ok(())
-    }
-
-    async fn call_leader(
-        &self,
-        identity: &Identity,
-        request: &Request,
-    ) -> Result<Response, String> {
-        let tls = identity
-            .credentials
-            .client_config()
-            .map_err(|e| e.to_string())?;
-        let managers = identity
-            .membership
-            .managers
-            .iter()
-            .map(|(_, a)| a.clone())
-            .collect();
-        match LeaderClient::new(tls, managers)
-            .call(request, Duration::from_secs(15))
-            .await
-        {
-            Ok(Response::Refused(why)) => Err(why),
-            Ok(answer) => Ok(answer),
-            Err(err) => Err(err.to_string()),
-        }
-    }
-
-    /// Leaves the cluster: tells the leader (a manager first leaves Raft, if quorum allows),
-    /// stops the cluster side and forgets the identity. A manager needs `force`.
-    pub async fn leave(&self, force: bool) -> Result<(), String> {
-        let mut running = self.running.lock().await;
-        let Some(current) = running.as_ref() else {
-            return Err("this node is not part of a cluster".into());
-        };
-        let identity = current.identity.clone();
-        if identity.membership.role == Role::Manager && !force {
-            return Err("this node is a manager: leaving takes a voter away; demote it first (`meshctl node demote NODE` on a manager), or leave anyway with --force".into());
-        }
-        if let Err(why) = self.call_leader(&identity, &Request::Leave).await {
-            if !force {
-                return Err(format!("{why}; leave anyway with --force"));
-            }
-            tracing::warn!(error = %why, "leaving without the leader's agreement (--force)");
-        }
-        stop(running.take().expect("checked above")).await;
-        for dir in [
-            super::identity::dir(&self.state_dir),
-            self.state_dir.join("raft"),
-        ] {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(format!("removing {}: {err}", dir.display())),
-            }
-        }
-        Ok(())
-    }
-
     /// A cluster API call from the local meshctl.
     pub async fn api(&self, request: ApiRequest) -> ApiResponse {
         let running = self.running.lock().await;
@@ -593,16 +473,6 @@ impl ClusterNode {
             }
         }
     }
-}
-
-/// Stops a running cluster side: Raft first (it holds the log database), then every task.
-async fn stop(running: Running) {
-    if let Some(manager) = &running.manager {
-        if let Err(err) = manager.raft().shutdown().await {
-            tracing::warn!(error = %err, "stopping Raft");
-        }
-    }
-    drop(running);
 }
 
 async fn wait_until_voter(manager: &Manager) -> Result<(), String> {
