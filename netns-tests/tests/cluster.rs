@@ -529,9 +529,17 @@ fn a_demotion_that_would_lose_quorum_is_refused() {
 #[test]
 fn a_short_blip_does_not_flap_a_node_and_workers_see_the_leader() {
     let mut lab = TestLab::up("blip", managers(1, 1));
-    let info = run(&lab, "w1", &["info", "--format", "json"]).unwrap();
-    let info: Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(info["membership"]["leader_reachable"], true, "{info}");
+    // The first heartbeat is acknowledged within one interval of the join.
+    let leader_reachable = |lab: &TestLab| -> Result<bool, String> {
+        let info: Value =
+            serde_json::from_str(&run(lab, "w1", &["info", "--format", "json"])?).unwrap();
+        Ok(info["membership"]["leader_reachable"] == true)
+    };
+    until_ok(Duration::from_secs(5), || match leader_reachable(&lab)? {
+        true => Ok(()),
+        false => Err("not yet".into()),
+    })
+    .unwrap_or_else(|e| panic!("w1 never saw the leader acknowledge: {e}"));
     // One second of silence is under the 3 s down timeout: w1 must stay Ready throughout.
     lab.lab_mut()
         .partition(&["w1".into()], &["m1".into()])
@@ -558,14 +566,9 @@ fn a_short_blip_does_not_flap_a_node_and_workers_see_the_leader() {
     lab.lab_mut()
         .partition(&["w1".into()], &["m1".into()])
         .unwrap();
-    until_ok(Duration::from_secs(10), || {
-        let info: Value =
-            serde_json::from_str(&run(&lab, "w1", &["info", "--format", "json"])?).unwrap();
-        if info["membership"]["leader_reachable"] == false {
-            Ok(())
-        } else {
-            Err("still reachable".into())
-        }
+    until_ok(Duration::from_secs(10), || match leader_reachable(&lab)? {
+        false => Ok(()),
+        true => Err("still reachable".into()),
     })
     .unwrap_or_else(|e| panic!("w1 still believes it reaches the leader: {e}"));
 }

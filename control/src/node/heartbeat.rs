@@ -50,6 +50,11 @@ impl LeaderClient {
             .is_some_and(|at| at.elapsed() < Duration::from_secs(2))
     }
 
+    /// Records that the leader answered just now (a join is such an answer).
+    pub fn acknowledged(&self) {
+        *self.last_ack.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
+    }
+
     /// Replaces the known managers (the leader reports them in every heartbeat answer).
     pub async fn set_managers(&self, managers: Vec<String>) {
         *self.managers.lock().await = managers;
@@ -140,7 +145,7 @@ pub async fn run(
                 role: wanted,
             }) => {
                 leader.set_managers(managers).await;
-                *leader.last_ack.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
+                leader.acknowledged();
                 if wanted != role && !reported {
                     tracing::info!(from = ?role, to = ?wanted, "the cluster changed this node's role");
                     reported = role_changed.send(wanted).is_ok();

@@ -440,6 +440,8 @@ impl ClusterNode {
             .save(&self.state_dir)
             .map_err(|e| format!("saving the node identity: {e}"))?;
         let started = self.start(identity).await?;
+        // The leader just admitted this node: it is reachable.
+        started.leader.acknowledged();
         if let Some(manager) = &started.manager {
             wait_until_voter(manager).await?;
         }
