@@ -134,9 +134,11 @@ impl Manager {
             let barrier =
                 tokio::time::timeout(Duration::from_secs(3), self.raft.ensure_linearizable()).await;
             if !matches!(barrier, Ok(Ok(_))) {
-                let warning = self
-                    .quorum_problem()
-                    .unwrap_or_else(|| "this manager could not confirm it still leads".into());
+                let warning = if self.quorum_lost() {
+                    self.quorum_error().await
+                } else {
+                    "this manager could not confirm it still leads".into()
+                };
                 return ApiResponse::Stale {
                     warning: format!("{warning}; showing the last state this manager knows"),
                     answer: Box::new(self.answer_read(&request)),

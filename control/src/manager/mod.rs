@@ -196,37 +196,42 @@ impl Manager {
             .count()
     }
 
-    /// Why a write cannot commit now, if it cannot: checked before waiting on Raft, so writes
-    /// fail fast when the quorum is gone.
-    fn quorum_problem(&self) -> Option<String> {
+    /// Whether this leader has lost its quorum: no majority acknowledged it recently. Checked
+    /// before waiting on Raft, so writes fail fast when the quorum is gone.
+    fn quorum_lost(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         let voters = metrics.membership_config.membership().voter_ids().count();
-        if voters <= 1 {
-            return None;
-        }
-        let acked = metrics
-            .millis_since_quorum_ack
-            .is_some_and(|ms| ms <= QUORUM_ACK_LIMIT_MS);
-        if acked {
-            return None;
-        }
-        Some(quorum_lost_message(voters, self.reachable_voters()))
+        voters > 1
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > QUORUM_ACK_LIMIT_MS)
+    }
+
+    /// The quorum-lost error, counting the managers that answer a probe right now (heartbeat
+    /// ages lag a fresh failure by up to the down timeout).
+    async fn quorum_error(&self) -> String {
+        quorum_lost_message(self.voters().len(), self.probe_voters().await.len())
     }
 
     /// Commits a command through Raft (leader only) and returns its result.
     pub async fn write(&self, command: Command) -> Result<CommandResult, String> {
-        if let Some(problem) = self.quorum_problem() {
-            return Err(problem);
+        if self.quorum_lost() {
+            return Err(self.quorum_error().await);
         }
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(err)) => Err(format!("the write was not committed: {err}")),
             // The entry may be in the log already: say honestly that its fate is open.
-            Err(_) => Err(format!(
-                "{}; this change was not committed, and is applied only if the managers come back before another leader takes over",
-                self.quorum_problem()
-                    .unwrap_or_else(|| "the write did not commit within 5 s; check `meshctl info` for unreachable managers".into())
-            )),
+            Err(_) => {
+                let why = if self.quorum_lost() {
+                    self.quorum_error().await
+                } else {
+                    "the write did not commit within 5 s; check `meshctl info` for unreachable managers".into()
+                };
+                Err(format!(
+                    "{why}; this change was not committed, and is applied only if the managers come back before another leader takes over"
+                ))
+            }
         }
     }
 
