@@ -10,6 +10,7 @@ pub mod manager;
 pub mod node;
 pub mod raft;
 pub mod rpc;
+pub mod scheduler;
 pub mod store;
 
 /// An error and its causes on one line, each cause once: library errors often repeat their

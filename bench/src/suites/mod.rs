@@ -10,6 +10,7 @@ mod ingress;
 pub mod overlay;
 mod pending;
 mod raft;
+mod scheduler;
 
 /// A suite's entry point.
 pub type Runner = fn(&Ctx) -> Result<Outcome>;
@@ -22,5 +23,5 @@ pub const ALL: &[(&str, Runner)] = &[
     ("dns", dns::run),
     ("control", pending::control),
     ("gossip", pending::gossip),
-    ("scheduler", pending::scheduler),
+    ("scheduler", scheduler::run),
 ];

@@ -50,11 +50,3 @@ pub fn gossip(_: &Ctx) -> Result<Outcome> {
         ),
     ])
 }
-
-/// Placement speed.
-pub fn scheduler(_: &Ctx) -> Result<Outcome> {
-    pending(&[(
-        "time to place 10 k tasks on 1000 simulated nodes",
-        "the scheduler is not built yet (issue 5)",
-    )])
-}
