@@ -52,23 +52,18 @@ pub fn run_in_with_input(netns: &str, program: &str, args: &[&str], input: &str)
         .stderr(Stdio::piped());
     let _entry = enter_netns(&mut command, netns, None)?;
     let described = describe(&command);
-    let mut child = command.spawn().map_err(|err| LabError::Command {
+    let failed = |err: std::io::Error| LabError::Command {
         command: described.clone(),
         detail: err.to_string(),
-    })?;
+    };
+    let mut child = command.spawn().map_err(failed)?;
     child
         .stdin
         .take()
         .expect("stdin is piped")
         .write_all(input.as_bytes())
-        .map_err(|err| LabError::Command {
-            command: described.clone(),
-            detail: err.to_string(),
-        })?;
-    let output = child.wait_with_output().map_err(|err| LabError::Command {
-        command: described.clone(),
-        detail: err.to_string(),
-    })?;
+        .map_err(failed)?;
+    let output = child.wait_with_output().map_err(failed)?;
     check_output(described, output)
 }
 

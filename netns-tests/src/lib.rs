@@ -36,6 +36,15 @@ impl TestLab {
         Lab::open(self.lab.name()).expect("reopen lab")
     }
 
+    /// One host's status, re-read from disk.
+    pub fn status_of(&self, host: &str) -> lab::HostStatus {
+        self.reopened()
+            .status()
+            .into_iter()
+            .find(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no host {host}"))
+    }
+
     /// A host's underlay address.
     pub fn addr(&self, host: &str) -> Ipv4Addr {
         self.lab.address(host).expect("known host")

@@ -89,12 +89,7 @@ fn partition_cuts_exactly_the_named_pairs_and_heal_restores_them() {
 #[test]
 fn kill_is_power_loss_and_start_brings_the_host_back_with_its_state() {
     let mut lab = TestLab::up("kill", five_hosts);
-    let before = lab
-        .lab()
-        .status()
-        .into_iter()
-        .find(|h| h.name == "w1")
-        .unwrap();
+    let before = lab.status_of("w1");
     let old_pid = before.daemon_pid.expect("meshd runs on w1");
     // A task stand-in: a process started inside the host dies with it.
     let mut task = lab
@@ -115,12 +110,7 @@ fn kill_is_power_loss_and_start_brings_the_host_back_with_its_state() {
         !task.wait().unwrap().success(),
         "the task outlived its host"
     );
-    let w1 = lab
-        .reopened()
-        .status()
-        .into_iter()
-        .find(|h| h.name == "w1")
-        .unwrap();
+    let w1 = lab.status_of("w1");
     assert_eq!((w1.power, w1.daemon), (Power::Off, "stopped"));
     assert!(!lab.ping("m1", "w1"), "a powered-off host answered");
     assert!(matches!(
@@ -130,12 +120,7 @@ fn kill_is_power_loss_and_start_brings_the_host_back_with_its_state() {
 
     lab.lab_mut().start("w1").unwrap();
     assert!(lab.ping("m1", "w1"), "w1 unreachable after start");
-    let w1 = lab
-        .reopened()
-        .status()
-        .into_iter()
-        .find(|h| h.name == "w1")
-        .unwrap();
+    let w1 = lab.status_of("w1");
     assert_eq!((w1.power, w1.daemon), (Power::On, "running"));
     assert_ne!(w1.daemon_pid, Some(old_pid));
     assert_eq!(

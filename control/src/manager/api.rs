@@ -68,7 +68,7 @@ impl Manager {
             }
         }
         let voters = self.voters().len();
-        let reachable = self.count_reachable_managers().await;
+        let reachable = self.probe_voters().await.len();
         let warning = quorum_lost_message(voters, reachable);
         if is_read(&request) {
             ApiResponse::Stale {
@@ -319,11 +319,6 @@ impl Manager {
             }
             other => ApiResponse::Error(format!("{other:?} is not a read")),
         })
-    }
-
-    /// Managers that answer on the cluster port at all (a quick probe, for error messages).
-    async fn count_reachable_managers(&self) -> usize {
-        self.probe_voters().await.len()
     }
 
     /// The voters that answer a probe on the cluster port within 500 ms, this one included.

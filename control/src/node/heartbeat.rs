@@ -7,7 +7,7 @@ use rustls::ClientConfig;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::cluster::tls::manager_server_name;
-use crate::rpc::client::{Client, RpcError};
+use crate::rpc::client::Client;
 use crate::rpc::messages::{Request, Response};
 use crate::store::{NodeId, Role};
 
@@ -92,7 +92,7 @@ impl LeaderClient {
                     return Ok(response);
                 }
                 Err(err) => {
-                    last = describe(&err);
+                    last = err.to_string();
                     *self.current.lock().await = None;
                 }
             }
@@ -115,10 +115,6 @@ impl LeaderClient {
             manager_server_name(),
         ))
     }
-}
-
-fn describe(err: &RpcError) -> String {
-    err.to_string()
 }
 
 /// Sends heartbeats forever. Answers refresh the list of managers; when an answer names a role

@@ -146,12 +146,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 );
             }
             failed_answers += load.failed;
-            let rate = load.committed as f64 / duration.as_secs_f64();
-            rec.sample(&names.rate, &variant, rate);
-            let p50 = percentile(&load.latencies_ms, 50.0).unwrap_or(f64::NAN);
-            rec.sample(&names.p50, &variant, p50);
-            let p99 = percentile(&load.latencies_ms, 99.0).unwrap_or(f64::NAN);
-            rec.sample(&names.p99, &variant, p99);
+            names.record(&mut rec, &variant, &load, duration);
 
             let leader = mesh
                 .wait_healthy()
@@ -173,21 +168,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 );
             }
             mesh_failed += load.failed;
-            rec.sample(
-                &names.rate,
-                &mesh_variant,
-                load.committed as f64 / duration.as_secs_f64(),
-            );
-            rec.sample(
-                &names.p50,
-                &mesh_variant,
-                percentile(&load.latencies_ms, 50.0).unwrap_or(f64::NAN),
-            );
-            rec.sample(
-                &names.p99,
-                &mesh_variant,
-                percentile(&load.latencies_ms, 99.0).unwrap_or(f64::NAN),
-            );
+            names.record(&mut rec, &mesh_variant, &load, duration);
         }
 
         let leader = cluster
@@ -326,6 +307,25 @@ struct LoadMetrics {
 }
 
 impl LoadMetrics {
+    /// Records one load run of `variant`: its commit rate over the window and its latencies.
+    fn record(&self, rec: &mut Recorder, variant: &str, load: &Load, window: Duration) {
+        rec.sample(
+            &self.rate,
+            variant,
+            load.committed as f64 / window.as_secs_f64(),
+        );
+        rec.sample(
+            &self.p50,
+            variant,
+            percentile(&load.latencies_ms, 50.0).unwrap_or(f64::NAN),
+        );
+        rec.sample(
+            &self.p99,
+            variant,
+            percentile(&load.latencies_ms, 99.0).unwrap_or(f64::NAN),
+        );
+    }
+
     fn new(clients: usize) -> Self {
         let who = if clients == 1 {
             "1 client".to_string()
