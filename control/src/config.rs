@@ -105,6 +105,14 @@ pub struct ConfigFile {
     pub log_format: Option<LogFormat>,
     /// Milliseconds without heartbeats after which managers mark a node Down (default 3000).
     pub node_down_after_ms: Option<u64>,
+    /// containerd's gRPC socket; when set, tasks run through containerd instead of the
+    /// built-in process runtime.
+    pub containerd_socket: Option<PathBuf>,
+    /// The containerd namespace Mesh's images and containers live in (default "mesh").
+    pub containerd_namespace: Option<String>,
+    /// Where the process runtime finds images as OCI image layout tarballs (default
+    /// <state_dir>/images).
+    pub image_dir: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -139,6 +147,9 @@ impl ConfigFile {
             log_level: flags.log_level.or(self.log_level),
             log_format: flags.log_format.or(self.log_format),
             node_down_after_ms: flags.node_down_after_ms.or(self.node_down_after_ms),
+            containerd_socket: flags.containerd_socket.or(self.containerd_socket),
+            containerd_namespace: flags.containerd_namespace.or(self.containerd_namespace),
+            image_dir: flags.image_dir.or(self.image_dir),
         }
     }
 
@@ -211,7 +222,46 @@ impl ConfigFile {
                 format!("{down_ms} is out of range; give {MIN_NODE_DOWN_AFTER_MS} to 600000 (heartbeats come every 500 ms, so a shorter timeout would flap)"),
             ));
         }
+        let runtime = match self.containerd_socket {
+            Some(socket) if !socket.is_absolute() => {
+                return Err(invalid(
+                    "containerd_socket",
+                    format!("{} is relative; give an absolute path", socket.display()),
+                ))
+            }
+            Some(socket) => {
+                let namespace = self.containerd_namespace.unwrap_or_else(|| "mesh".into());
+                let ok = !namespace.is_empty()
+                    && namespace.len() <= 76
+                    && namespace
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !ok {
+                    return Err(invalid(
+                        "containerd_namespace",
+                        format!("{namespace:?} is not a valid containerd namespace; use letters, digits, '-', '_' or '.'"),
+                    ));
+                }
+                RuntimeConfig::Containerd { socket, namespace }
+            }
+            None if self.containerd_namespace.is_some() => {
+                return Err(invalid(
+                    "containerd_namespace",
+                    "is set but containerd_socket is not; give containerd_socket to use containerd",
+                ))
+            }
+            None => RuntimeConfig::Process,
+        };
+        let image_dir = self.image_dir.unwrap_or_else(|| state_dir.join("images"));
+        if !image_dir.is_absolute() {
+            return Err(invalid(
+                "image_dir",
+                format!("{} is relative; give an absolute path", image_dir.display()),
+            ));
+        }
         Ok(Config {
+            runtime,
+            image_dir,
             node_down_after: std::time::Duration::from_millis(down_ms),
             node_name,
             listen_addr,
@@ -249,6 +299,24 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Heartbeat silence after which managers mark a node Down.
     pub node_down_after: std::time::Duration,
+    /// Which runtime runs tasks.
+    pub runtime: RuntimeConfig,
+    /// The process runtime's image directory.
+    pub image_dir: PathBuf,
+}
+
+/// Which runtime runs this node's tasks.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RuntimeConfig {
+    /// The built-in process runtime.
+    Process,
+    /// containerd at this socket, in this namespace.
+    Containerd {
+        /// gRPC socket path.
+        socket: PathBuf,
+        /// containerd namespace.
+        namespace: String,
+    },
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -394,6 +462,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("control_socket"));
+    }
+
+    #[test]
+    fn runtime_defaults_to_process_and_containerd_needs_a_socket() {
+        let config = resolve("").unwrap();
+        assert_eq!(config.runtime, RuntimeConfig::Process);
+        assert_eq!(config.image_dir, PathBuf::from("/var/lib/mesh/images"));
+        let config = resolve("containerd_socket = \"/run/c.sock\"").unwrap();
+        assert_eq!(
+            config.runtime,
+            RuntimeConfig::Containerd {
+                socket: "/run/c.sock".into(),
+                namespace: "mesh".into()
+            }
+        );
+        for (bad, field) in [
+            ("containerd_socket = \"c.sock\"", "containerd_socket"),
+            ("containerd_namespace = \"x\"", "containerd_socket"),
+            (
+                "containerd_socket = \"/c\"\ncontainerd_namespace = \"a b\"",
+                "containerd_namespace",
+            ),
+            ("image_dir = \"images\"", "image_dir"),
+        ] {
+            let err = resolve(bad).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

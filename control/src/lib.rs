@@ -10,6 +10,7 @@ pub mod manager;
 pub mod node;
 pub mod raft;
 pub mod rpc;
+pub mod runtime;
 pub mod scheduler;
 pub mod store;
 

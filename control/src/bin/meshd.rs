@@ -56,6 +56,16 @@ struct Args {
     /// Milliseconds without heartbeats before managers mark a node Down [default: 3000].
     #[arg(long, value_name = "MS")]
     node_down_after_ms: Option<u64>,
+    /// containerd's gRPC socket; tasks run through containerd instead of the built-in
+    /// process runtime.
+    #[arg(long, value_name = "PATH")]
+    containerd_socket: Option<PathBuf>,
+    /// containerd namespace for Mesh's images and containers [default: mesh].
+    #[arg(long, value_name = "NAME")]
+    containerd_namespace: Option<String>,
+    /// The process runtime's OCI image tarballs [default: <state-dir>/images].
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -71,6 +81,9 @@ impl Args {
             log_level: self.log_level,
             log_format: self.log_format,
             node_down_after_ms: self.node_down_after_ms,
+            containerd_socket: self.containerd_socket.clone(),
+            containerd_namespace: self.containerd_namespace.clone(),
+            image_dir: self.image_dir.clone(),
         }
     }
 }
