@@ -155,6 +155,15 @@ pub fn find_node<'a>(
     ))
 }
 
+/// Label keys: a letter, then letters, digits, '.', '-' or '_'; at most 128 characters.
+pub fn valid_label_key(key: &str) -> bool {
+    key.len() <= 128
+        && key.starts_with(|c: char| c.is_ascii_alphabetic())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +178,7 @@ mod tests {
             labels: BTreeMap::new(),
             status: NodeStatus::Ready,
             version: "0.1.0".into(),
+            description: Default::default(),
         }
     }
 

@@ -8,10 +8,12 @@ pub mod daemon;
 pub mod local_api;
 pub mod manager;
 pub mod node;
+pub mod orchestrator;
 pub mod raft;
 pub mod rpc;
 pub mod runtime;
 pub mod scheduler;
+pub mod service;
 pub mod store;
 
 /// An error and its causes on one line, each cause once: library errors often repeat their

@@ -24,6 +24,7 @@ fn simulated_nodes(count: usize) -> Vec<Candidate> {
                 ("zone".to_string(), format!("z{}", i % 4)),
                 ("rack".to_string(), format!("r{}", i % 20)),
             ]),
+            has_image: true,
             accepts_tasks: true,
             capacity: Resources {
                 nano_cpus: 16_000_000_000,

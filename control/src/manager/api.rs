@@ -7,7 +7,7 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{quorum_lost_message, Manager};
-use crate::api::{find_node, ApiRequest, ApiResponse, ClusterView, NodeView};
+use crate::api::{find_node, valid_label_key, ApiRequest, ApiResponse, ClusterView, NodeView};
 use crate::cluster::ca::ClusterCa;
 use crate::cluster::quorum;
 use crate::cluster::token::JoinToken;
@@ -396,13 +396,4 @@ fn fresh_secret() -> Result<[u8; 16], String> {
         .fill(&mut random)
         .map_err(|_| "no randomness available".to_string())?;
     Ok(random)
-}
-
-/// Label keys: a letter, then letters, digits, '.', '-' or '_'; at most 128 characters.
-pub fn valid_label_key(key: &str) -> bool {
-    key.len() <= 128
-        && key.starts_with(|c: char| c.is_ascii_alphabetic())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }

@@ -85,6 +85,7 @@ impl Manager {
             labels: Default::default(),
             status: NodeStatus::Ready,
             version: request.version.clone(),
+            description: Default::default(),
         }))
         .await
         .map_err(|answer| match answer {

@@ -359,6 +359,7 @@ impl ClusterNode {
                 labels: Default::default(),
                 status: NodeStatus::Ready,
                 version: env!("CARGO_PKG_VERSION").into(),
+                description: Default::default(),
             }),
         ] {
             match manager.write(command).await {

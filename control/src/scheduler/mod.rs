@@ -35,6 +35,8 @@ pub struct Candidate {
     pub labels: BTreeMap<String, String>,
     /// Ready and available for new tasks (not paused, drained or down).
     pub accepts_tasks: bool,
+    /// Its runtime has the service's image.
+    pub has_image: bool,
     /// What the node has.
     pub capacity: Resources,
     /// What tasks already on it reserve.
@@ -65,7 +67,8 @@ pub enum Decision {
     Pending(String),
 }
 
-fn holds(constraint: &Constraint, node: &Candidate) -> bool {
+/// Whether `node` meets `constraint`.
+pub fn holds(constraint: &Constraint, node: &Candidate) -> bool {
     let actual = match &constraint.field {
         Field::Id => Some(node.id.as_str()),
         Field::Hostname => Some(node.hostname.as_str()),
@@ -97,7 +100,7 @@ fn fits(reservation: Resources, node: &Candidate) -> (bool, bool) {
 pub fn place_one(nodes: &[Candidate], placement: &Placement) -> Decision {
     let mut unavailable = 0;
     let mut failing: Vec<usize> = vec![0; placement.constraints.len()];
-    let (mut no_cpu, mut no_memory) = (0, 0);
+    let (mut no_cpu, mut no_memory, mut no_image) = (0, 0, 0);
     let mut eligible = Vec::new();
     for (index, node) in nodes.iter().enumerate() {
         if !node.accepts_tasks {
@@ -106,6 +109,10 @@ pub fn place_one(nodes: &[Candidate], placement: &Placement) -> Decision {
         }
         if let Some(failed) = placement.constraints.iter().position(|c| !holds(c, node)) {
             failing[failed] += 1;
+            continue;
+        }
+        if !node.has_image {
+            no_image += 1;
             continue;
         }
         match fits(placement.reservation, node) {
@@ -120,8 +127,11 @@ pub fn place_one(nodes: &[Candidate], placement: &Placement) -> Decision {
             unavailable,
             &placement.constraints,
             &failing,
-            no_cpu,
-            no_memory,
+            Shortfalls {
+                no_image,
+                no_cpu,
+                no_memory,
+            },
             placement.reservation,
         ));
     }
@@ -171,15 +181,26 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// Nodes that pass the constraints but cannot take the task, by what they lack.
+struct Shortfalls {
+    no_image: usize,
+    no_cpu: usize,
+    no_memory: usize,
+}
+
 fn pending_reason(
     total: usize,
     unavailable: usize,
     constraints: &[Constraint],
     failing: &[usize],
-    no_cpu: usize,
-    no_memory: usize,
+    shortfalls: Shortfalls,
     reservation: Resources,
 ) -> String {
+    let Shortfalls {
+        no_image,
+        no_cpu,
+        no_memory,
+    } = shortfalls;
     if total == 0 {
         return "no suitable node: the cluster has no nodes".into();
     }
@@ -188,6 +209,12 @@ fn pending_reason(
         if n > 0 {
             parts.push(format!("{n} {} fail {constraint}", plural(n)));
         }
+    }
+    if no_image > 0 {
+        parts.push(format!(
+            "{no_image} {} lack the image (import it there)",
+            plural(no_image)
+        ));
     }
     if no_cpu > 0 {
         parts.push(format!(
@@ -226,6 +253,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             accepts_tasks: true,
+            has_image: true,
             capacity: Resources {
                 nano_cpus: 2_000_000_000,
                 memory_bytes: 4 << 30,
@@ -301,6 +329,18 @@ mod tests {
         assert_eq!(
             place_one(&[], &placement),
             Decision::Pending("no suitable node: the cluster has no nodes".into())
+        );
+    }
+
+    #[test]
+    fn nodes_without_the_image_get_nothing() {
+        let mut nodes = vec![node("a", &[]), node("b", &[])];
+        nodes[0].has_image = false;
+        assert_eq!(place_one(&nodes, &Placement::default()), Decision::Node(1));
+        nodes[1].has_image = false;
+        assert_eq!(
+            place_one(&nodes, &Placement::default()),
+            Decision::Pending("no suitable node: 2 nodes lack the image (import it there)".into())
         );
     }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::{ServiceRecord, ServiceSpec, TaskOp, TaskRecord};
+
 /// A node's Raft and cluster ID.
 pub type NodeId = u64;
 
@@ -93,6 +95,22 @@ pub struct NodeRecord {
     pub status: NodeStatus,
     /// meshd version it last reported.
     pub version: String,
+    /// What its agent reports it has: runtime, capacity and images.
+    #[serde(default)]
+    pub description: NodeDescription,
+}
+
+/// What a node's agent reports about the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    /// `process` or `containerd`.
+    pub runtime: String,
+    /// CPUs, in billionths.
+    pub nano_cpus: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Images its runtime can run.
+    pub images: Vec<String>,
 }
 
 /// A change to the cluster store; the Raft log is a sequence of these.
@@ -117,6 +135,23 @@ pub enum Command {
     RemoveNode { id: NodeId },
     /// A join token was rotated.
     RotateSecret { role: Role, secret: String },
+    /// A node's agent reported a new description.
+    DescribeNode {
+        id: NodeId,
+        description: NodeDescription,
+    },
+    /// A service was created.
+    CreateService(ServiceRecord),
+    /// A service's spec changed (scale, update).
+    UpdateService {
+        id: String,
+        spec: ServiceSpec,
+        at_ms: u64,
+    },
+    /// A service was removed; its tasks are told to shut down.
+    RemoveService { id: String },
+    /// Tasks created, changed, reported or forgotten, in one entry.
+    Tasks(Vec<TaskOp>),
 }
 
 /// The outcome of applying a command.
@@ -135,6 +170,12 @@ pub struct ClusterState {
     pub cluster: Option<ClusterInfo>,
     /// Every node, by ID.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Every service, by ID.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Every task, by ID.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskRecord>,
 }
 
 impl ClusterState {
@@ -203,8 +244,88 @@ impl ClusterState {
                     Role::Manager => cluster.manager_secret = secret,
                 }
             }
+            Command::DescribeNode { id, description } => {
+                let Some(node) = self.nodes.get_mut(&id) else {
+                    return refused(format!("no node with ID {id}"));
+                };
+                node.description = description;
+            }
+            Command::CreateService(service) => {
+                if let Err(why) = service.spec.validate() {
+                    return refused(why);
+                }
+                if self.services.contains_key(&service.id) {
+                    return refused(format!("service ID {} is taken", service.id));
+                }
+                if self.service_named(&service.spec.name).is_some() {
+                    return refused(format!(
+                        "a service named {} already exists; choose another --name, or change it with `meshctl service update`",
+                        service.spec.name
+                    ));
+                }
+                self.services.insert(service.id.clone(), service);
+            }
+            Command::UpdateService { id, spec, at_ms } => {
+                if let Err(why) = spec.validate() {
+                    return refused(why);
+                }
+                let Some(service) = self.services.get(&id) else {
+                    return refused(format!("no service with ID {id}"));
+                };
+                if spec.name != service.spec.name {
+                    return refused("a service cannot be renamed; create a new one".into());
+                }
+                let service = self.services.get_mut(&id).expect("checked above");
+                service.spec = spec;
+                service.version += 1;
+                service.updated_ms = at_ms;
+            }
+            Command::RemoveService { id } => {
+                if self.services.remove(&id).is_none() {
+                    return refused(format!("no service with ID {id}"));
+                }
+                for task in self.tasks.values_mut().filter(|t| t.service_id == id) {
+                    task.desired = crate::service::DesiredState::Shutdown;
+                }
+            }
+            Command::Tasks(ops) => {
+                for op in ops {
+                    self.apply_task_op(op);
+                }
+            }
         }
         CommandResult::Ok
+    }
+
+    /// Applies one task change. Agents' reports race with the orchestrator, so a report about
+    /// a task that is gone, on another node, or older than what is known is dropped, not an
+    /// error.
+    fn apply_task_op(&mut self, op: TaskOp) {
+        match op {
+            TaskOp::Put(task) => {
+                self.tasks.insert(task.id.clone(), task);
+            }
+            TaskOp::Delete(id) => {
+                self.tasks.remove(&id);
+            }
+            TaskOp::Report(report) => {
+                let Some(task) = self.tasks.get_mut(&report.task_id) else {
+                    return;
+                };
+                if task.node_id != Some(report.node_id) || report.state <= task.state {
+                    return;
+                }
+                task.state = report.state;
+                task.error = report.error;
+                task.exit = report.exit;
+                task.state_ms = report.at_ms;
+            }
+        }
+    }
+
+    /// The service with this name.
+    pub fn service_named(&self, name: &str) -> Option<&ServiceRecord> {
+        self.services.values().find(|s| s.spec.name == name)
     }
 
     /// The managers, by ID.
@@ -227,6 +348,7 @@ mod tests {
             labels: BTreeMap::new(),
             status: NodeStatus::Ready,
             version: "0.1.0".into(),
+            description: Default::default(),
         }
     }
 
