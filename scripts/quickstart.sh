@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up this machine, builds Mesh and brings up a local cluster: 3 managers and 2 workers, each
 # a network namespace running meshd on a lab switch in 198.18.0.0/24, joined into one cluster
-# (m1 runs `meshctl swarm init`, the others `meshctl swarm join`). Run as root.
+# (m1 runs `meshctl swarm init`, the others `meshctl swarm join`), then deploys a demo service
+# of the busybox-based test image on the workers. Run as root.
 # Re-running replaces the previous quickstart lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 LAB=${LAB:-quickstart}
 
 cargo build --release --bins --locked
+bash scripts/build-test-image.sh
 export PATH="$PWD/target/release:$PATH"
 
 if meshctl lab status "$LAB" >/dev/null 2>&1; then
@@ -21,6 +23,27 @@ echo "The cluster, as manager m2 sees it:"
 meshctl lab exec "$LAB" m2 -- meshctl node ls
 echo
 meshctl lab exec "$LAB" m1 -- meshctl info
+echo
+# Managers keep Raft's CPU and disk to themselves; the demo runs on the workers.
+for m in m1 m2 m3; do meshctl lab exec "$LAB" m1 -- meshctl node update --availability drain "$m" >/dev/null; done
+echo "Deploying the demo service (4 replicas of busybox httpd, spread over the workers):"
+# The workers report their images within a few seconds of joining.
+for _ in $(seq 1 50); do
+  meshctl lab exec "$LAB" m1 -- meshctl service create --name demo --replicas 4 \
+    --publish published=8080,target=80 mesh-test:latest \
+    sh -c 'echo "hello from task $MESH_TASK_SLOT on node $MESH_NODE_ID" > /www/index.html; echo "serving slot $MESH_TASK_SLOT"; exec httpd -f -p 80 -h /www' \
+    2>/dev/null && break
+  sleep 0.2
+done
+for _ in $(seq 1 100); do
+  running=$(meshctl lab exec "$LAB" m1 -- meshctl service ls --format json | grep -c '"running": 4' || true)
+  [ "$running" = 1 ] && break
+  sleep 0.1
+done
+meshctl lab exec "$LAB" m1 -- meshctl service ls
+meshctl lab exec "$LAB" m1 -- meshctl service ps demo
+echo
+meshctl lab exec "$LAB" m1 -- meshctl service logs demo
 cat <<MSG
 
 Lab $LAB is up. Try:
@@ -29,6 +52,8 @@ Lab $LAB is up. Try:
   target/release/meshctl lab partition $LAB m1 --from w1 w2 ; target/release/meshctl lab heal $LAB
   target/release/meshctl lab kill $LAB m1 ; target/release/meshctl lab exec $LAB m2 -- meshctl node ls
   target/release/meshctl lab start $LAB m1
+  target/release/meshctl lab exec $LAB m1 -- meshctl service scale demo=6
+  target/release/meshctl lab kill $LAB w1 ; target/release/meshctl lab exec $LAB m1 -- meshctl service ps demo
   target/release/meshctl lab logs $LAB m1
 Remove it with: target/release/meshctl lab down $LAB
 MSG

@@ -13,6 +13,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 # netns-tests and bench start these binaries inside lab hosts.
 cargo build --workspace --bins --locked
+echo "== test image"
+# Services in netns-tests and bench run mesh-test:latest (busybox-static) from the lab's image dir.
+bash scripts/build-test-image.sh
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

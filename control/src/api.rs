@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+use crate::service::view::{LogEntry, ServiceView, TaskView};
+use crate::service::ServiceSpec;
+use crate::store::{Availability, NodeDescription, NodeId, NodeRecord, NodeStatus, Role};
 
 /// A cluster API call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,23 @@ pub enum ApiRequest {
     JoinToken { role: Role, rotate: bool },
     /// Managers, quorum and what is at risk.
     Info,
+    /// Create a service.
+    ServiceCreate(Box<ServiceSpec>),
+    /// Every service.
+    ServiceList,
+    /// One service, by name, ID or ID prefix.
+    ServiceInspect { service: String },
+    /// Change a replicated service's replica count.
+    ServiceScale { service: String, replicas: u64 },
+    /// Remove a service; its tasks stop.
+    ServiceRemove { service: String },
+    /// Tasks of the given services (all services when empty), history included.
+    TaskList { services: Vec<String> },
+    /// Output lines of a service's tasks after the given per-task line numbers.
+    ServiceLogs {
+        service: String,
+        after: BTreeMap<String, u64>,
+    },
 }
 
 /// An answer to a cluster API call.
@@ -44,6 +63,14 @@ pub enum ApiResponse {
     Token { role: Role, token: String },
     /// Answer to Info.
     Info(ClusterView),
+    /// Answer to ServiceList.
+    Services(Vec<ServiceView>),
+    /// Answer to ServiceInspect.
+    Service(Box<ServiceView>),
+    /// Answer to TaskList.
+    Tasks(Vec<TaskView>),
+    /// Answer to ServiceLogs.
+    Logs(Vec<LogEntry>),
     /// A change was made; warnings the operator should read.
     Done {
         message: String,
@@ -79,6 +106,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// meshd version.
     pub version: String,
+    /// Runtime, capacity and images, as its agent reports them.
+    pub description: NodeDescription,
 }
 
 impl NodeView {
@@ -94,6 +123,7 @@ impl NodeView {
             manager_status,
             labels: node.labels.clone(),
             version: node.version.clone(),
+            description: node.description.clone(),
         }
     }
 }

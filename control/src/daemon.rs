@@ -44,9 +44,37 @@ pub enum DaemonError {
     /// A signal handler cannot be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The task runtime cannot be used.
+    #[error("task runtime: {0}")]
+    Runtime(String),
     /// The node's cluster side could not resume.
     #[error("resuming cluster membership: {0}")]
     Cluster(String),
+}
+
+/// The runtime the configuration names: containerd when a socket is configured, else the
+/// built-in process runtime.
+async fn open_runtime(config: &Config) -> Result<Arc<dyn crate::runtime::Runtime>, DaemonError> {
+    use crate::config::RuntimeConfig;
+    let runtime: Arc<dyn crate::runtime::Runtime> = match &config.runtime {
+        RuntimeConfig::Process => Arc::new(
+            crate::runtime::process::ProcessRuntime::new(
+                config.state_dir.clone(),
+                config.image_dir.clone(),
+            )
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?,
+        ),
+        RuntimeConfig::Containerd { socket, namespace } => Arc::new(
+            crate::runtime::containerd::ContainerdRuntime::connect(
+                socket,
+                namespace,
+                &config.state_dir,
+            )
+            .await
+            .map_err(|e| DaemonError::Runtime(e.to_string()))?,
+        ),
+    };
+    Ok(runtime)
 }
 
 /// Runs meshd until SIGTERM or SIGINT. With `force_new_cluster`, a manager first turns its
@@ -56,7 +84,10 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
     let listener = bind_control_socket(&config.control_socket)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let runtime = open_runtime(&config).await?;
+    tracing::info!(runtime = runtime.name(), "task runtime ready");
     let cluster = ClusterNode::new(NodeSettings {
+        runtime,
         state_dir: config.state_dir.clone(),
         node_name: config.node_name.clone(),
         listen_addr: config.listen_addr,

@@ -1,6 +1,7 @@
 //! Mesh's control plane: configuration, the node daemon's lifecycle and its local API. The
 //! binaries `meshd` and `meshctl` are thin wiring over these modules.
 
+pub mod agent;
 pub mod api;
 pub mod cluster;
 pub mod config;

@@ -8,11 +8,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::binaries::{self, LINKSHIM};
+use crate::containerd::{self, ContainerdFiles};
 use crate::error::{LabError, Result};
 use crate::lab::Lab;
 use crate::net;
-use crate::spec::{self, host_netns, switch_netns};
-use crate::state::{HostFiles, HostState, Power};
+use crate::spec::{self, host_netns, switch_netns, TaskRuntime};
+use crate::state::{image_dir, HostFiles, HostState, Power};
 use crate::sys;
 
 /// How long meshd may take to open its control socket after it starts.
@@ -38,6 +39,9 @@ impl Lab {
         )?;
         self.state.hosts[index].power = Power::On;
         self.start_shim(index)?;
+        if self.containerd_expected(index) {
+            self.start_containerd(index)?;
+        }
         if self.daemon_expected(index) {
             self.start_daemon(index)?;
         }
@@ -52,6 +56,12 @@ impl Lab {
         net::disconnect_host(&lab, &host)?;
         sys::kill_cgroup(&sys::cgroup_dir(&lab, Some(&host)))?;
         self.stop_shim(index)?;
+        // What a reboot clears: containerd's state (it lives in /run on a real machine), its
+        // containers' mounts and cgroups.
+        containerd::power_cut(
+            &HostFiles::new(&lab, &host).containerd(),
+            &sys::cgroup_relative(&lab, Some(&host)),
+        )?;
         let ns = host_netns(&lab, &host);
         // Namespaces meshd made for this host go with it, as kernel state does in a power cut.
         for nested in sys::netns_with_prefix(&format!("{ns}.")) {
@@ -61,6 +71,31 @@ impl Lab {
         let record = &mut self.state.hosts[index];
         record.power = Power::Off;
         record.daemon_pid = None;
+        record.containerd_pid = None;
+        Ok(())
+    }
+
+    /// Whether the host runs a containerd of its own: in a containerd lab, on managers and
+    /// workers (with or without meshd).
+    pub(crate) fn containerd_expected(&self, index: usize) -> bool {
+        self.state.runtime == TaskRuntime::Containerd && self.state.hosts[index].role.runs_daemon()
+    }
+
+    /// Starts the host's containerd in its namespace and cgroup, waits until it answers and
+    /// imports the lab's images into it.
+    pub(crate) fn start_containerd(&mut self, index: usize) -> Result<()> {
+        let lab = self.state.name.clone();
+        let host = self.state.hosts[index].name.clone();
+        let host_files = HostFiles::new(&lab, &host);
+        let files = host_files.containerd();
+        let pid = containerd::start(
+            &files,
+            &host_netns(&lab, &host),
+            &sys::cgroup_dir(&lab, Some(&host)),
+            &host_files.dir,
+        )?;
+        self.state.hosts[index].containerd_pid = Some(pid);
+        containerd::import_images(&files, &image_dir())?;
         Ok(())
     }
 
@@ -75,8 +110,12 @@ impl Lab {
         let files = HostFiles::new(&lab, &host.name);
         fs::create_dir_all(files.state_dir())
             .map_err(LabError::io("creating", files.state_dir()))?;
-        fs::write(files.config(), daemon_config(&host, &files))
-            .map_err(LabError::io("writing", files.config()))?;
+        let containerd = self.containerd_expected(index).then(|| files.containerd());
+        fs::write(
+            files.config(),
+            daemon_config(&host, &files, containerd.as_ref()),
+        )
+        .map_err(LabError::io("writing", files.config()))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -92,6 +131,10 @@ impl Lab {
             .arg(files.config())
             .env("MESH_LAB", &lab)
             .env("MESH_NETNS_PREFIX", format!("{ns}."))
+            .env(
+                "MESH_CGROUP_PARENT",
+                sys::cgroup_relative(&lab, Some(&host.name)),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -175,18 +218,32 @@ fn shim_cgroup(lab: &str, host: &str) -> PathBuf {
     sys::cgroup_dir(lab, Some(&format!("shim-{host}")))
 }
 
-/// meshd's configuration for a lab host (the format meshd documents in its --help).
-fn daemon_config(host: &HostState, files: &HostFiles) -> String {
-    format!(
+/// meshd's configuration for a lab host (the format meshd documents in its --help); tasks run
+/// through `containerd` when given.
+fn daemon_config(
+    host: &HostState,
+    files: &HostFiles,
+    containerd: Option<&ContainerdFiles>,
+) -> String {
+    let mut config = format!(
         "# Written by the lab for host {name}; the lab rewrites it on every start.\n\
          node_name = \"{name}\"\n\
          listen_addr = \"{addr}:{CLUSTER_PORT}\"\n\
          advertise_addr = \"{addr}\"\n\
          data_path_port = {DATA_PATH_PORT}\n\
          state_dir = \"{state}\"\n\
-         log_level = \"info\"\n",
+         log_level = \"info\"\n\
+         image_dir = \"{images}\"\n",
         name = host.name,
         addr = host.address,
         state = files.state_dir().display(),
-    )
+        images = image_dir().display(),
+    );
+    if let Some(containerd) = containerd {
+        config.push_str(&format!(
+            "containerd_socket = \"{}\"\n",
+            containerd.socket().display()
+        ));
+    }
+    config
 }

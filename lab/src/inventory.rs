@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::fs;
 
+use crate::containerd;
 use crate::error::{LabError, Result};
 use crate::lab::{Lab, LabSummary};
 use crate::spec::{self, host_netns, netns_prefix};
-use crate::state::{root_dir, LabState, Power};
+use crate::state::{root_dir, HostFiles, LabState, Power};
 use crate::sys;
 
 /// Every lab on this machine: recorded ones and the remains of crashed ones.
@@ -106,6 +107,18 @@ pub(crate) fn teardown(name: &str) -> Result<bool> {
         sys::del_netns(ns)?;
     }
     let dir = LabState::dir(name);
+    // Hosts' containerds leave runc state, shim sockets and cgroups outside the lab directory.
+    if let Ok(hosts) = fs::read_dir(dir.join("hosts")) {
+        for host in hosts.flatten() {
+            if let Ok(host) = host.file_name().into_string() {
+                containerd::power_cut(
+                    &HostFiles::new(name, &host).containerd(),
+                    &sys::cgroup_relative(name, Some(&host)),
+                )?;
+            }
+        }
+    }
+    containerd::teardown(name, &sys::cgroup_relative(name, None))?;
     if dir.exists() {
         found = true;
         for mount in sys::mounts_under(&dir) {

@@ -92,6 +92,7 @@ impl Lab {
                 created_unix: 0,
                 link: spec.link,
                 meshd,
+                runtime: spec.runtime,
                 hosts: hosts
                     .iter()
                     .map(|plan| HostState {
@@ -102,6 +103,7 @@ impl Lab {
                         power: Power::Off,
                         daemon_pid: None,
                         shim_pid: None,
+                        containerd_pid: None,
                     })
                     .collect(),
                 partitions: Vec::new(),

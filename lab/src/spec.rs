@@ -62,6 +62,43 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// What runs the tasks of a lab's meshd: its built-in process runtime, or a containerd of each
+/// host's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskRuntime {
+    /// meshd's process runtime.
+    #[default]
+    Process,
+    /// A containerd per manager and worker host, started before meshd.
+    Containerd,
+}
+
+impl std::fmt::Display for TaskRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskRuntime::Process => "process",
+            TaskRuntime::Containerd => "containerd",
+        })
+    }
+}
+
+impl std::str::FromStr for TaskRuntime {
+    type Err = LabError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "process" => Ok(TaskRuntime::Process),
+            "containerd" => Ok(TaskRuntime::Containerd),
+            _ => Err(LabError::InvalidSpec {
+                field: "--runtime",
+                value: text.to_string(),
+                reason: "give process or containerd".into(),
+            }),
+        }
+    }
+}
+
 /// Emulated properties of one host's link to the lab switch, applied on the host's egress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkParams {
@@ -145,6 +182,8 @@ pub struct LabSpec {
     /// Whether the daemons form a cluster: the first manager runs `swarm init`, the other
     /// hosts join with the right token.
     pub form_cluster: bool,
+    /// What runs tasks: with containerd, every manager and worker host gets its own.
+    pub runtime: TaskRuntime,
 }
 
 impl LabSpec {
@@ -158,6 +197,7 @@ impl LabSpec {
             link: LinkParams::default(),
             start_daemons: true,
             form_cluster: true,
+            runtime: TaskRuntime::Process,
         }
     }
 
@@ -364,6 +404,19 @@ mod tests {
         assert_eq!(merged.delay_ms, Some(0));
         assert!(!merged.needs_shim());
         assert!(base.needs_shim());
+    }
+
+    #[test]
+    fn runtimes_parse_and_print_by_name() {
+        for runtime in [TaskRuntime::Process, TaskRuntime::Containerd] {
+            assert_eq!(runtime.to_string().parse::<TaskRuntime>().unwrap(), runtime);
+        }
+        assert_eq!(TaskRuntime::default(), TaskRuntime::Process);
+        assert!("docker"
+            .parse::<TaskRuntime>()
+            .unwrap_err()
+            .to_string()
+            .contains("--runtime"));
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::containerd::ContainerdFiles;
 use crate::error::{LabError, Result};
-use crate::spec::{LinkParams, Role};
+use crate::spec::{LinkParams, Role, TaskRuntime};
 
 /// Where labs keep their files unless MESH_LAB_DIR says otherwise.
 pub const DEFAULT_ROOT: &str = "/var/lib/mesh-lab";
@@ -48,6 +49,9 @@ pub struct HostState {
     pub daemon_pid: Option<i32>,
     /// The link shim's PID while the link needs one.
     pub shim_pid: Option<i32>,
+    /// The host's containerd's PID, in a containerd lab.
+    #[serde(default)]
+    pub containerd_pid: Option<i32>,
 }
 
 /// A lab as recorded in `<root>/<name>/lab.json`.
@@ -61,6 +65,9 @@ pub struct LabState {
     pub link: LinkParams,
     /// The meshd binary the hosts run, when they run one.
     pub meshd: Option<PathBuf>,
+    /// What runs meshd's tasks (labs recorded before there was a choice used processes).
+    #[serde(default)]
+    pub runtime: TaskRuntime,
     /// Hosts in creation order.
     pub hosts: Vec<HostState>,
     /// Cut host pairs, each stored once with the smaller name first.
@@ -135,10 +142,17 @@ impl LabState {
     }
 }
 
+/// The directory of task images every lab host's meshd is given: `<root>/images`.
+pub fn image_dir() -> PathBuf {
+    root_dir().join("images")
+}
+
 /// Files of one host: `<root>/<lab>/hosts/<host>/`.
 pub struct HostFiles {
     /// The host's directory.
     pub dir: PathBuf,
+    lab: String,
+    host: String,
 }
 
 impl HostFiles {
@@ -146,7 +160,13 @@ impl HostFiles {
     pub fn new(lab: &str, host: &str) -> Self {
         HostFiles {
             dir: LabState::dir(lab).join("hosts").join(host),
+            lab: lab.to_string(),
+            host: host.to_string(),
         }
+    }
+    /// The host's containerd (in a containerd lab): config, root, state, socket, log.
+    pub fn containerd(&self) -> ContainerdFiles {
+        ContainerdFiles::new(&self.lab, &self.host, &self.dir)
     }
     /// meshd's state directory.
     pub fn state_dir(&self) -> PathBuf {

@@ -254,6 +254,15 @@ pub fn cgroup_dir(lab: &str, host: Option<&str>) -> PathBuf {
     }
 }
 
+/// The cgroup path of a lab or host relative to a hierarchy's root (`/mesh-lab/<lab>/<host>`),
+/// as runc and meshd name cgroups.
+pub fn cgroup_relative(lab: &str, host: Option<&str>) -> String {
+    match host {
+        Some(host) => format!("/{CGROUP_PARENT}/{lab}/{host}"),
+        None => format!("/{CGROUP_PARENT}/{lab}"),
+    }
+}
+
 /// Creates a cgroup directory and its parents.
 pub fn create_cgroup(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(LabError::io("creating cgroup", dir))

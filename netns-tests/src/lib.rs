@@ -80,6 +80,37 @@ impl TestLab {
     pub fn name(&self) -> &str {
         self.lab.name()
     }
+
+    /// Runs meshctl in `host`: Ok(stdout) on success, Err(stderr) otherwise.
+    pub fn meshctl(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let binary = lab::find_binary(lab::MESHCTL)
+            .expect("meshctl is built")
+            .to_string_lossy()
+            .into_owned();
+        let mut argv = vec![binary.as_str()];
+        argv.extend_from_slice(args);
+        let out = self.lab.output(host, &argv).expect("run meshctl");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// Retries `f` every 50 ms until it succeeds or `limit` passes; returns the time it took.
+pub fn until_ok<T>(
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<(T, std::time::Duration), String> {
+    let start = std::time::Instant::now();
+    loop {
+        match f() {
+            Ok(value) => return Ok((value, start.elapsed())),
+            Err(err) if start.elapsed() >= limit => return Err(err),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
 }
 
 /// A lab name no other test in this run, or a concurrent run, uses.

@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::ctx::{Ctx, Outcome};
 
+mod control;
 mod dns;
 mod ingress;
 pub mod overlay;
@@ -21,7 +22,7 @@ pub const ALL: &[(&str, Runner)] = &[
     ("ingress", ingress::run),
     ("raft", raft::run),
     ("dns", dns::run),
-    ("control", pending::control),
+    ("control", control::run),
     ("gossip", pending::gossip),
     ("scheduler", scheduler::run),
 ];

@@ -19,24 +19,6 @@ fn pending(items: &[(&str, &str)]) -> Result<Outcome> {
     })
 }
 
-/// Service convergence and rescheduling times.
-pub fn control(_: &Ctx) -> Result<Outcome> {
-    pending(&[
-        (
-            "time from `service create --replicas N` to N running (N = 10, 100)",
-            "services and tasks are not built yet (issue 5)",
-        ),
-        (
-            "time from a host kill to its tasks running elsewhere",
-            "services and tasks are not built yet (issue 5)",
-        ),
-        (
-            "failed requests during a rolling update under load",
-            "rolling updates are not built yet (issue 9)",
-        ),
-    ])
-}
-
 /// Membership propagation.
 pub fn gossip(_: &Ctx) -> Result<Outcome> {
     pending(&[

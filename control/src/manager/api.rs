@@ -180,6 +180,11 @@ impl Manager {
                 }
             }
             ApiRequest::NodeRemove { node, force } => self.remove_node(&node, force).await,
+            ApiRequest::ServiceCreate(spec) => self.create_service(*spec).await,
+            ApiRequest::ServiceScale { service, replicas } => {
+                self.scale_service(&service, replicas).await
+            }
+            ApiRequest::ServiceRemove { service } => self.remove_service(&service).await,
             ApiRequest::NodePromote { node } => self.promote(&node).await,
             ApiRequest::NodeDemote { node } => self.demote(&node).await,
             ApiRequest::JoinToken { role, rotate } => {
@@ -317,6 +322,17 @@ impl Manager {
                         .collect(),
                 })
             }
+            ApiRequest::ServiceList => super::services::list_services(state),
+            ApiRequest::ServiceInspect { service } => {
+                match crate::service::view::find_service(state, service) {
+                    Ok(s) => ApiResponse::Service(Box::new(crate::service::view::ServiceView::of(
+                        s, state,
+                    ))),
+                    Err(why) => ApiResponse::Error(why),
+                }
+            }
+            ApiRequest::TaskList { services } => super::services::list_tasks(state, services),
+            ApiRequest::ServiceLogs { service, after } => self.service_logs(state, service, after),
             other => ApiResponse::Error(format!("{other:?} is not a read")),
         })
     }
@@ -380,10 +396,14 @@ fn is_read(request: &ApiRequest) -> bool {
             | ApiRequest::NodeInspect { .. }
             | ApiRequest::Info
             | ApiRequest::JoinToken { rotate: false, .. }
+            | ApiRequest::ServiceList
+            | ApiRequest::ServiceInspect { .. }
+            | ApiRequest::TaskList { .. }
+            | ApiRequest::ServiceLogs { .. }
     )
 }
 
-fn done(message: String) -> ApiResponse {
+pub(super) fn done(message: String) -> ApiResponse {
     ApiResponse::Done {
         message,
         warnings: Vec::new(),

@@ -4,7 +4,10 @@
 mod api;
 mod join;
 mod liveness;
+pub mod logs;
+pub mod orchestrate;
 mod roles;
+mod services;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -64,6 +67,8 @@ pub struct Manager {
     last_seen: Mutex<HashMap<NodeId, Instant>>,
     /// The connection API calls are forwarded on, to the leader as Raft last named it.
     forward_client: Mutex<Option<Arc<crate::rpc::client::Client>>>,
+    /// Recent task output, shipped by agents (only meaningful while leading).
+    logs: Mutex<logs::LogBuffer>,
 }
 
 impl Manager {
@@ -113,8 +118,10 @@ impl Manager {
             settings,
             last_seen: Mutex::new(HashMap::new()),
             forward_client: Mutex::new(None),
+            logs: Mutex::new(logs::LogBuffer::default()),
         });
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
+        tokio::spawn(orchestrate::run(Arc::downgrade(&manager)));
         Ok(manager)
     }
 
@@ -354,6 +361,19 @@ impl Handler for Manager {
                     };
                 }
                 self.leave(&peer).await
+            }
+            Request::Agent(report) => {
+                let Some(peer) = peer.filter(|p| p.cluster_id == cluster_id) else {
+                    return Response::Refused(
+                        "refused: agents need a certificate of this cluster".into(),
+                    );
+                };
+                if !self.is_leader() {
+                    return Response::NotLeader {
+                        leader_addr: self.leader_addr(),
+                    };
+                }
+                self.dispatch(&peer, report).await
             }
             Request::Api(request) => {
                 if !is_manager_of(&peer, &cluster_id) {

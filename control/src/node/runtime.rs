@@ -109,6 +109,7 @@ pub struct ClusterNode {
     pub(super) data_path_port: u16,
     pub(super) settings: ManagerSettings,
     pub(super) running: Mutex<Option<Running>>,
+    pub(super) task_runtime: Arc<dyn crate::runtime::Runtime>,
 }
 
 /// Node-side settings from meshd's configuration.
@@ -125,6 +126,8 @@ pub struct NodeSettings {
     pub data_path_port: u16,
     /// Manager tunables.
     pub manager: ManagerSettings,
+    /// What runs this node's tasks.
+    pub runtime: Arc<dyn crate::runtime::Runtime>,
 }
 
 impl ClusterNode {
@@ -141,6 +144,7 @@ impl ClusterNode {
             data_path_port: settings.data_path_port,
             settings: settings.manager,
             running: Mutex::new(None),
+            task_runtime: settings.runtime,
         }
     }
 
@@ -228,6 +232,13 @@ impl ClusterNode {
             Arc::clone(&leader),
             self.role_changes.clone(),
         )));
+        let agent = crate::agent::Agent::new(
+            membership.node_id,
+            Arc::clone(&self.task_runtime),
+            &self.state_dir,
+            Arc::clone(&leader),
+        );
+        tasks.push(tokio::spawn(agent.run()));
         tracing::info!(node_id = %format_node_id(membership.node_id), role = ?membership.role, cluster = %membership.cluster_id, "cluster member");
         Ok(Running {
             identity,

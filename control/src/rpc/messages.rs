@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiRequest, ApiResponse};
 use crate::raft::typ::{NodeId, TypeConfig};
-use crate::store::Role;
+use crate::runtime::Stream;
+use crate::service::{ServiceSpec, TaskRecord, TaskReport};
+use crate::store::{NodeDescription, Role};
 
 /// A request on the cluster port. Only `Join` is served to a peer without a certificate; the
 /// Raft requests and `Api` only to managers.
@@ -31,6 +33,45 @@ pub enum Request {
     Renew { csr_der: Vec<u8> },
     /// A node leaves the cluster.
     Leave,
+    /// A node's agent reports its tasks and asks for its assignments.
+    Agent(AgentReport),
+}
+
+/// What an agent tells the dispatcher every half second.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// The reporting node.
+    pub node_id: NodeId,
+    /// Its runtime, capacity and images.
+    pub description: NodeDescription,
+    /// The state of every task it holds.
+    pub tasks: Vec<TaskReport>,
+    /// Output lines its tasks wrote since the last accepted report.
+    pub logs: Vec<LogRecord>,
+}
+
+/// One output line of a task, as an agent ships it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The task.
+    pub task_id: String,
+    /// Per-task line number, from 1.
+    pub seq: u64,
+    /// Which stream.
+    pub stream: Stream,
+    /// The line.
+    pub line: String,
+    /// When the agent read it (milliseconds since the epoch).
+    pub at_ms: u64,
+}
+
+/// A task for an agent: its record and the spec of its service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its service's spec; None once the service is removed (the task only has to stop).
+    pub spec: Option<ServiceSpec>,
 }
 
 /// What a joining node sends.
@@ -89,6 +130,8 @@ pub enum Response {
         role: Role,
         managers: Vec<(NodeId, String)>,
     },
+    /// The tasks assigned to the reporting node.
+    Assignments(Vec<Assignment>),
     /// Done.
     Ok,
     /// This manager is not the leader; ask there (when one is known).

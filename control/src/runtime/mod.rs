@@ -3,7 +3,11 @@
 //! an image through its gRPC API. Both join the network namespace the agent prepared, set the
 //! `MESH_*` variables and deliver the task's output line by line.
 
+pub mod cgroup;
+pub mod containerd;
+pub mod image;
 pub mod netns;
+pub mod process;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 
 pub mod spec;
 pub mod task;
+pub mod view;
 
 use serde::{Deserialize, Serialize};
 

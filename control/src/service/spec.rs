@@ -318,7 +318,7 @@ pub fn parse_cpus(text: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a CPU count; write it like 0.5 or 2"))?;
-    if !cpus.is_finite() || cpus < 0.0 || cpus > 4096.0 {
+    if !cpus.is_finite() || !(0.0..=4096.0).contains(&cpus) {
         return Err(format!("{text:?} is not a CPU count between 0 and 4096"));
     }
     Ok((cpus * 1e9).round() as u64)

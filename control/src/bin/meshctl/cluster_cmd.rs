@@ -176,7 +176,7 @@ fn call(socket: &Path, request: Request) -> anyhow::Result<Response> {
 }
 
 /// Calls the cluster API and unwraps errors and stale answers (warning on stderr).
-fn cluster(socket: &Path, request: ApiRequest) -> anyhow::Result<ApiResponse> {
+pub(crate) fn cluster(socket: &Path, request: ApiRequest) -> anyhow::Result<ApiResponse> {
     let Response::Cluster { answer } = call(socket, Request::Cluster { request })? else {
         bail!("meshd answered with something else; is meshctl the same version as meshd?");
     };
@@ -396,6 +396,16 @@ fn print_node(format: Format, n: &NodeView) {
                 },
             ),
             ("Version", n.version.clone()),
+            ("Runtime", n.description.runtime.clone()),
+            (
+                "Resources",
+                format!(
+                    "{} CPUs, {} MiB",
+                    n.description.nano_cpus as f64 / 1e9,
+                    n.description.memory_bytes >> 20
+                ),
+            ),
+            ("Images", n.description.images.join(", ")),
         ],
     );
 }

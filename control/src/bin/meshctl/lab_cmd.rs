@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use lab::{Lab, LabSpec, LinkParams, Power};
+use lab::{Lab, LabSpec, LinkParams, Power, TaskRuntime};
 
 use crate::output::{print_list, Format};
 
@@ -121,8 +121,31 @@ pub struct UpArgs {
     /// Start meshd but form no cluster (for trying init and join by hand).
     #[arg(long)]
     no_cluster: bool,
+    /// What runs tasks: meshd's built-in process runtime, or a containerd on every manager
+    /// and worker (started before meshd, with the lab's images imported).
+    #[arg(long, value_enum, default_value_t)]
+    runtime: RuntimeArg,
     #[command(flatten)]
     link: LinkArgs,
+}
+
+/// `--runtime` values.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum RuntimeArg {
+    /// meshd's built-in process runtime.
+    #[default]
+    Process,
+    /// A containerd per host.
+    Containerd,
+}
+
+impl From<RuntimeArg> for TaskRuntime {
+    fn from(arg: RuntimeArg) -> Self {
+        match arg {
+            RuntimeArg::Process => TaskRuntime::Process,
+            RuntimeArg::Containerd => TaskRuntime::Containerd,
+        }
+    }
 }
 
 /// Link emulation options.
@@ -161,9 +184,14 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 link: args.link.params(),
                 start_daemons: !args.no_daemons,
                 form_cluster: !args.no_cluster && !args.no_daemons,
+                runtime: args.runtime.into(),
             };
             let lab = Lab::up(&spec)?;
-            println!("lab {} is up", lab.name());
+            println!(
+                "lab {} is up (tasks run through {})",
+                lab.name(),
+                spec.runtime
+            );
             print_status(&lab, Format::Table);
         }
         LabCommand::Down { name } => {

@@ -4,6 +4,7 @@
 mod cluster_cmd;
 mod lab_cmd;
 mod output;
+mod service_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     /// Manage nodes (on a manager).
     #[command(subcommand)]
     Node(cluster_cmd::NodeCommand),
+    /// Manage services and their tasks (on a manager).
+    #[command(subcommand)]
+    Service(service_cmd::ServiceCommand),
     /// Local multi-host labs in network namespaces.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -61,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Swarm(command) => cluster_cmd::swarm(&socket, command),
         Command::Node(command) => cluster_cmd::node(&socket, command),
+        Command::Service(command) => service_cmd::service(&socket, command),
         Command::Info { format } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

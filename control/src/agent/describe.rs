@@ -1,0 +1,76 @@
+//! What the agent tells the managers about its node: runtime, CPUs, memory and images.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use crate::runtime::Runtime;
+use crate::store::NodeDescription;
+
+/// How long a list of images is reused before the runtime is asked again.
+const IMAGES_TTL: Duration = Duration::from_secs(3);
+
+pub(super) struct Describer {
+    runtime: Arc<dyn Runtime>,
+    cached: Mutex<Option<(Instant, NodeDescription)>>,
+}
+
+impl Describer {
+    pub(super) fn new(runtime: Arc<dyn Runtime>) -> Self {
+        Describer {
+            runtime,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub(super) async fn describe(&self) -> NodeDescription {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, description)) = cached.as_ref() {
+            if at.elapsed() < IMAGES_TTL {
+                return description.clone();
+            }
+        }
+        let mut images = match self.runtime.images().await {
+            Ok(images) => images,
+            Err(err) => {
+                tracing::warn!(error = %err, "listing images");
+                Vec::new()
+            }
+        };
+        images.sort();
+        let description = NodeDescription {
+            runtime: self.runtime.name().into(),
+            nano_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+                * 1_000_000_000,
+            memory_bytes: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|text| mem_total(&text))
+                .unwrap_or(0),
+            images,
+        };
+        *cached = Some((Instant::now(), description.clone()));
+        description
+    }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_read_from_meminfo() {
+        assert_eq!(
+            mem_total("MemFree: 5 kB\nMemTotal:       24576000 kB\n"),
+            Some(24576000 * 1024)
+        );
+        assert_eq!(mem_total("nothing"), None);
+    }
+}

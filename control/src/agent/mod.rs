@@ -1,0 +1,299 @@
+//! The agent on every node: it reports its tasks to the leader's dispatcher twice a second,
+//! takes the assignments in the answer, and starts, stops and removes tasks through the
+//! runtime to match. Losing the managers changes nothing locally: running tasks keep running.
+//!
+//! After a restart (of meshd, or of the cluster side after a role change) the runtime still
+//! holds the tasks the previous agent started; the first answer from the leader decides which
+//! are adopted and which are stopped.
+
+mod describe;
+mod task;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::node::heartbeat::LeaderClient;
+use crate::rpc::messages::{AgentReport, Assignment, LogRecord, Request, Response};
+use crate::runtime::{ExitStatus, LogLine, Runtime};
+use crate::service::{DesiredState, TaskReport, TaskState};
+use crate::store::NodeId;
+
+/// How often the agent reports when nothing happens.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// Lines waiting to be shipped; older ones are dropped past this (the leader is away).
+const MAX_QUEUED_LINES: usize = 20_000;
+/// Lines shipped per report, so one report stays small.
+const MAX_LINES_PER_REPORT: usize = 2_000;
+/// How long a stopped task has between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the agent knows of one of its tasks.
+#[derive(Clone, Debug)]
+struct LocalTask {
+    state: TaskState,
+    error: Option<String>,
+    exit: Option<ExitStatus>,
+    /// A stop was asked for; an exit now counts as Shutdown.
+    stopping: bool,
+    /// Lines read so far (the next line is numbered one more).
+    lines: u64,
+}
+
+/// The node's agent.
+pub struct Agent {
+    node_id: NodeId,
+    runtime: Arc<dyn Runtime>,
+    netns_dir: PathBuf,
+    leader: Arc<LeaderClient>,
+    tasks: Mutex<HashMap<String, LocalTask>>,
+    /// Task IDs the runtime held when this agent started, not yet adopted or stopped.
+    leftovers: Mutex<Option<HashSet<String>>>,
+    outbox: Mutex<VecDeque<LogRecord>>,
+    wake: Notify,
+    describer: describe::Describer,
+}
+
+impl Agent {
+    /// An agent for `node_id`, keeping task namespaces under `state_dir/netns`.
+    pub fn new(
+        node_id: NodeId,
+        runtime: Arc<dyn Runtime>,
+        state_dir: &std::path::Path,
+        leader: Arc<LeaderClient>,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            node_id,
+            describer: describe::Describer::new(Arc::clone(&runtime)),
+            runtime,
+            netns_dir: state_dir.join("netns"),
+            leader,
+            tasks: Mutex::new(HashMap::new()),
+            leftovers: Mutex::new(None),
+            outbox: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Reports and reconciles until the task is aborted.
+    pub async fn run(self: Arc<Self>) {
+        if let Err(err) = std::fs::create_dir_all(&self.netns_dir) {
+            tracing::error!(error = %err, dir = %self.netns_dir.display(), "creating the task namespace directory; tasks cannot start");
+        }
+        match self.runtime.list().await {
+            Ok(ids) => {
+                *self.leftovers.lock().expect("agent lock") = Some(ids.into_iter().collect())
+            }
+            Err(err) => tracing::warn!(error = %err, "listing the runtime's tasks"),
+        }
+        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        tokio::spawn(Arc::clone(&self).collect_lines(lines_rx));
+        loop {
+            let report = self.report().await;
+            let shipped = report.logs.len();
+            match self
+                .leader
+                .call(&Request::Agent(report), Duration::from_secs(3))
+                .await
+            {
+                Ok(Response::Assignments(assignments)) => {
+                    self.leader.acknowledged();
+                    self.outbox.lock().expect("agent lock").drain(..shipped);
+                    self.reconcile(assignments, &lines_tx).await;
+                }
+                Ok(Response::Refused(why)) => tracing::warn!(%why, "the dispatcher refused"),
+                Ok(other) => tracing::debug!(answer = ?other, "unexpected dispatcher answer"),
+                // Keep every task as it is: workloads outlive the managers.
+                Err(err) => tracing::debug!(error = %err, "reporting to the dispatcher"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn report(&self) -> AgentReport {
+        let description = self.describer.describe().await;
+        let tasks = self
+            .tasks
+            .lock()
+            .expect("agent lock")
+            .iter()
+            .map(|(id, t)| TaskReport {
+                task_id: id.clone(),
+                node_id: self.node_id,
+                state: t.state,
+                error: t.error.clone(),
+                exit: t.exit,
+                at_ms: 0,
+            })
+            .collect();
+        let logs = self
+            .outbox
+            .lock()
+            .expect("agent lock")
+            .iter()
+            .take(MAX_LINES_PER_REPORT)
+            .cloned()
+            .collect();
+        AgentReport {
+            node_id: self.node_id,
+            description,
+            tasks,
+            logs,
+        }
+    }
+
+    /// Makes the local tasks match the assignments.
+    async fn reconcile(
+        self: &Arc<Self>,
+        assignments: Vec<Assignment>,
+        lines: &mpsc::UnboundedSender<LogLine>,
+    ) {
+        let wanted: HashMap<String, Assignment> = assignments
+            .into_iter()
+            .map(|a| (a.task.id.clone(), a))
+            .collect();
+        let leftovers = self.leftovers.lock().expect("agent lock").take();
+        if let Some(leftovers) = leftovers {
+            for id in leftovers {
+                match wanted.get(&id) {
+                    Some(a) if a.task.desired == DesiredState::Running => {
+                        self.track(&id, TaskState::Running);
+                        tokio::spawn(Arc::clone(self).adopt(id, lines.clone()));
+                    }
+                    _ => {
+                        self.track(&id, TaskState::Running);
+                        self.mark_stopping(&id);
+                        tokio::spawn(Arc::clone(self).stop_leftover(id));
+                    }
+                }
+            }
+        }
+        for (id, assignment) in &wanted {
+            let known = self.tasks.lock().expect("agent lock").contains_key(id);
+            if known || assignment.task.desired != DesiredState::Running {
+                continue;
+            }
+            if assignment.task.state >= TaskState::Preparing && !assignment.task.state.is_terminal()
+            {
+                // It ran here before meshd restarted, and the runtime no longer has it.
+                let mut tasks = self.tasks.lock().expect("agent lock");
+                tasks.insert(
+                    id.clone(),
+                    LocalTask {
+                        state: TaskState::Failed,
+                        error: Some("the task was gone when meshd restarted on this node".into()),
+                        exit: None,
+                        stopping: false,
+                        lines: 0,
+                    },
+                );
+                continue;
+            }
+            let Some(spec) = assignment.spec.clone() else {
+                continue;
+            };
+            self.track(id, TaskState::Preparing);
+            tokio::spawn(Arc::clone(self).start(assignment.task.clone(), spec, lines.clone()));
+        }
+        let local: Vec<(String, LocalTask)> = self
+            .tasks
+            .lock()
+            .expect("agent lock")
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        for (id, task) in local {
+            let keep = wanted
+                .get(&id)
+                .is_some_and(|a| a.task.desired == DesiredState::Running);
+            if keep {
+                continue;
+            }
+            if !task.state.is_terminal() {
+                if !task.stopping {
+                    self.mark_stopping(&id);
+                    tokio::spawn(Arc::clone(self).stop(id));
+                }
+            } else if !wanted.contains_key(&id) {
+                // The managers have the final state: free what the task held.
+                self.tasks.lock().expect("agent lock").remove(&id);
+                tokio::spawn(Arc::clone(self).remove(id));
+            }
+        }
+    }
+
+    fn track(&self, id: &str, state: TaskState) {
+        self.tasks.lock().expect("agent lock").insert(
+            id.to_string(),
+            LocalTask {
+                state,
+                error: None,
+                exit: None,
+                stopping: false,
+                // Numbered from the clock, so lines after an adoption sort after the ones
+                // the previous agent shipped.
+                lines: crate::manager::orchestrate::now_ms() * 1000,
+            },
+        );
+    }
+
+    fn mark_stopping(&self, id: &str) {
+        if let Some(task) = self.tasks.lock().expect("agent lock").get_mut(id) {
+            task.stopping = true;
+        }
+    }
+
+    /// Records a state and reports it at once.
+    fn set_state(
+        &self,
+        id: &str,
+        state: TaskState,
+        error: Option<String>,
+        exit: Option<ExitStatus>,
+    ) {
+        if let Some(task) = self.tasks.lock().expect("agent lock").get_mut(id) {
+            task.state = state;
+            task.error = error;
+            task.exit = exit;
+        }
+        self.wake.notify_one();
+    }
+
+    fn is_stopping(&self, id: &str) -> bool {
+        self.tasks
+            .lock()
+            .expect("agent lock")
+            .get(id)
+            .is_some_and(|t| t.stopping)
+    }
+
+    async fn collect_lines(self: Arc<Self>, mut lines: mpsc::UnboundedReceiver<LogLine>) {
+        while let Some(line) = lines.recv().await {
+            let seq = {
+                let mut tasks = self.tasks.lock().expect("agent lock");
+                let Some(task) = tasks.get_mut(&line.task_id) else {
+                    continue;
+                };
+                task.lines += 1;
+                task.lines
+            };
+            let mut outbox = self.outbox.lock().expect("agent lock");
+            if outbox.len() == MAX_QUEUED_LINES {
+                outbox.pop_front();
+            }
+            outbox.push_back(LogRecord {
+                task_id: line.task_id,
+                seq,
+                stream: line.stream,
+                line: line.line,
+                at_ms: crate::manager::orchestrate::now_ms(),
+            });
+        }
+    }
+}

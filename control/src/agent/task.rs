@@ -1,0 +1,124 @@
+//! One task's life on its node: namespace, start, watch, stop, remove.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Agent, STOP_GRACE};
+use crate::runtime::{netns, ExitStatus, LogLine, Started, TaskSpec};
+use crate::service::{ServiceSpec, TaskRecord, TaskState};
+
+impl Agent {
+    fn netns_path(&self, id: &str) -> std::path::PathBuf {
+        self.netns_dir.join(id)
+    }
+
+    /// Prepares, starts and watches a new task.
+    pub(super) async fn start(
+        self: Arc<Self>,
+        task: TaskRecord,
+        spec: ServiceSpec,
+        lines: mpsc::UnboundedSender<LogLine>,
+    ) {
+        let id = task.id.clone();
+        let path = self.netns_path(&id);
+        let prepared = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || netns::create(&path)).await
+        };
+        if let Err(why) = prepared
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            let error = format!("preparing the task's network namespace: {why}");
+            self.set_state(&id, TaskState::Rejected, Some(error), None);
+            return;
+        }
+        if self.is_stopping(&id) {
+            self.set_state(&id, TaskState::Shutdown, None, None);
+            return;
+        }
+        self.set_state(&id, TaskState::Starting, None, None);
+        let run = TaskSpec {
+            task_id: id.clone(),
+            slot: task.slot,
+            service_name: spec.name.clone(),
+            node_id: crate::api::format_node_id(self.node_id),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            limits: spec.limits,
+            netns: path,
+        };
+        match self.runtime.start(&run, lines).await {
+            Ok(started) => {
+                self.set_state(&id, TaskState::Running, None, None);
+                if self.is_stopping(&id) {
+                    // Stopped while it was starting: the stop found nothing to stop then.
+                    tokio::spawn(Arc::clone(&self).stop(id.clone()));
+                }
+                self.watch(id, started).await;
+            }
+            Err(err) => {
+                tracing::warn!(task = %id, error = %err, "starting a task");
+                self.set_state(&id, TaskState::Rejected, Some(err.to_string()), None);
+            }
+        }
+    }
+
+    /// Watches a task an earlier agent started.
+    pub(super) async fn adopt(self: Arc<Self>, id: String, lines: mpsc::UnboundedSender<LogLine>) {
+        match self.runtime.adopt(&id, lines).await {
+            Ok(started) => {
+                tracing::info!(task = %id, "adopted a running task");
+                self.watch(id, started).await;
+            }
+            Err(err) => {
+                let error = format!("adopting the task after a restart: {err}");
+                self.set_state(&id, TaskState::Failed, Some(error), None);
+            }
+        }
+    }
+
+    async fn watch(&self, id: String, started: Started) {
+        let exit = started.exited.await.unwrap_or(ExitStatus::Unknown);
+        let (state, error) = if self.is_stopping(&id) {
+            (TaskState::Shutdown, None)
+        } else if exit.success() {
+            (TaskState::Complete, None)
+        } else {
+            (TaskState::Failed, Some(format!("task exited: {exit}")))
+        };
+        tracing::info!(task = %id, %exit, state = state.as_str(), "task ended");
+        self.set_state(&id, state, error, Some(exit));
+    }
+
+    /// Stops a task; its watcher reports Shutdown once it has exited (a task still being
+    /// prepared or started is stopped by `start` when it sees the flag).
+    pub(super) async fn stop(self: Arc<Self>, id: String) {
+        if let Err(err) = self.runtime.stop(&id, STOP_GRACE).await {
+            tracing::warn!(task = %id, error = %err, "stopping a task");
+        }
+    }
+
+    /// Stops a task an earlier agent left behind that is no longer wanted; no watcher runs
+    /// for it, so this reports it down.
+    pub(super) async fn stop_leftover(self: Arc<Self>, id: String) {
+        if let Err(err) = self.runtime.stop(&id, STOP_GRACE).await {
+            tracing::warn!(task = %id, error = %err, "stopping a task left from before a restart");
+        }
+        self.set_state(&id, TaskState::Shutdown, None, None);
+    }
+
+    /// Frees what a finished task held.
+    pub(super) async fn remove(self: Arc<Self>, id: String) {
+        if let Err(err) = self.runtime.remove(&id).await {
+            tracing::warn!(task = %id, error = %err, "removing a task");
+        }
+        let path = self.netns_path(&id);
+        let removed = tokio::task::spawn_blocking(move || netns::remove(&path)).await;
+        if let Ok(Err(err)) = removed {
+            tracing::warn!(task = %id, error = %err, "removing a task's network namespace");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The leader's control loops: the orchestrator pass a few times a second, and the
+//! dispatcher that answers agents.
+
+use std::sync::Weak;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::Manager;
+use crate::api::format_node_id;
+use crate::cluster::tls::PeerIdentity;
+use crate::orchestrator::reconcile;
+use crate::rpc::messages::{AgentReport, Assignment, Response};
+use crate::service::{DesiredState, TaskOp};
+use crate::store::Command;
+
+/// How often the leader reconciles.
+const PASS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh service or task ID: 25 lowercase letters and digits, like Swarm's.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 25];
+    // The system RNG does not fail on Linux; a zeroed ID would still be valid.
+    let _ = SystemRandom::new().fill(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+pub(super) async fn run(manager: Weak<Manager>) {
+    loop {
+        tokio::time::sleep(PASS_INTERVAL).await;
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        if !manager.is_leader() || !manager.caught_up() {
+            continue;
+        }
+        let ops = manager.read(|state| reconcile(state, now_ms(), &mut random_id));
+        if !ops.is_empty() {
+            let count = ops.len();
+            if let Err(err) = manager.write(Command::Tasks(ops)).await {
+                tracing::debug!(error = %err, "committing an orchestrator pass");
+            } else {
+                tracing::debug!(changes = count, "orchestrator pass committed");
+            }
+        }
+        let known: std::collections::HashSet<String> =
+            manager.read(|s| s.tasks.keys().cloned().collect());
+        manager
+            .logs
+            .lock()
+            .expect("log buffer lock")
+            .retain(|task| known.contains(task));
+    }
+}
+
+impl Manager {
+    /// Whether everything in this leader's log is applied, so the store it reads is complete.
+    fn caught_up(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.last_applied.map(|l| l.index) == metrics.last_log_index
+    }
+
+    /// The dispatcher: records an agent's report and answers with its assignments.
+    pub(super) async fn dispatch(&self, peer: &PeerIdentity, report: AgentReport) -> Response {
+        let node_id = report.node_id;
+        if peer.node_id != format_node_id(node_id) {
+            return Response::Refused("refused: a node may only report for itself".into());
+        }
+        self.seen(node_id);
+        let now = now_ms();
+        let (known, stale_description, changed) = self.read(|state| {
+            let node = state.nodes.get(&node_id);
+            let changed: Vec<TaskOp> = report
+                .tasks
+                .into_iter()
+                .filter(|r| {
+                    state
+                        .tasks
+                        .get(&r.task_id)
+                        .is_some_and(|t| t.node_id == Some(node_id) && r.state > t.state)
+                })
+                .map(|mut r| {
+                    r.node_id = node_id;
+                    r.at_ms = now;
+                    TaskOp::Report(r)
+                })
+                .collect();
+            (
+                node.is_some(),
+                node.is_some_and(|n| n.description != report.description),
+                changed,
+            )
+        });
+        if !known {
+            return Response::Refused("this node is no longer in the cluster; join again".into());
+        }
+        if stale_description {
+            let describe = Command::DescribeNode {
+                id: node_id,
+                description: report.description,
+            };
+            if let Err(err) = self.write(describe).await {
+                tracing::debug!(error = %err, "recording a node description");
+            }
+        }
+        if !changed.is_empty() {
+            if let Err(err) = self.write(Command::Tasks(changed)).await {
+                // The agent resends its states with the next report.
+                tracing::debug!(error = %err, "recording task reports");
+            }
+        }
+        self.logs.lock().expect("log buffer lock").push(report.logs);
+        let assignments = self.read(|state| {
+            state
+                .tasks
+                .values()
+                .filter(|t| t.node_id == Some(node_id))
+                .filter(|t| !(t.desired == DesiredState::Shutdown && t.state.is_terminal()))
+                .map(|t| Assignment {
+                    task: t.clone(),
+                    spec: state.services.get(&t.service_id).map(|s| s.spec.clone()),
+                })
+                .collect()
+        });
+        Response::Assignments(assignments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_25_lowercase_alphanumerics_and_differ() {
+        let (a, b) = (random_id(), random_id());
+        assert_eq!(a.len(), 25);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_ne!(a, b);
+    }
+}

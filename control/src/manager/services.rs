@@ -1,0 +1,223 @@
+//! The service API on the leader: create, scale and remove services, and the reads behind
+//! `service ls`, `ps`, `inspect` and `logs`.
+
+use std::collections::BTreeMap;
+
+use super::orchestrate::{now_ms, random_id};
+use super::Manager;
+use crate::api::ApiResponse;
+use crate::service::spec::{PublishMode, ServiceMode, ServiceSpec};
+use crate::service::view::{find_service, LogEntry, ServiceView, TaskView};
+use crate::service::ServiceRecord;
+use crate::store::{ClusterState, Command};
+
+/// Ports handed out when `--publish` names no published port.
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+impl Manager {
+    pub(super) async fn create_service(&self, mut spec: ServiceSpec) -> ApiResponse {
+        if let Err(why) = spec.validate() {
+            return ApiResponse::Error(why);
+        }
+        let checked = self.read(|state| {
+            check_image(state, &spec.image)?;
+            assign_ports(state, None, &mut spec)
+        });
+        if let Err(why) = checked {
+            return ApiResponse::Error(why);
+        }
+        let now = now_ms();
+        let id = random_id();
+        let record = ServiceRecord {
+            id: id.clone(),
+            spec,
+            version: 1,
+            created_ms: now,
+            updated_ms: now,
+        };
+        match self.apply(Command::CreateService(record)).await {
+            Ok(()) => super::api::done(id),
+            Err(answer) => answer,
+        }
+    }
+
+    pub(super) async fn scale_service(&self, key: &str, replicas: u64) -> ApiResponse {
+        let found = self.read(|state| find_service(state, key).cloned());
+        let service = match found {
+            Ok(service) => service,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        if service.spec.mode == ServiceMode::Global {
+            return ApiResponse::Error(format!(
+                "{} is a global service: it runs one task per node and cannot be scaled",
+                service.spec.name
+            ));
+        }
+        let mut spec = service.spec.clone();
+        spec.mode = ServiceMode::Replicated { replicas };
+        let command = Command::UpdateService {
+            id: service.id.clone(),
+            spec,
+            at_ms: now_ms(),
+        };
+        match self.apply(command).await {
+            Ok(()) => super::api::done(format!("{} scaled to {replicas}", service.spec.name)),
+            Err(answer) => answer,
+        }
+    }
+
+    pub(super) async fn remove_service(&self, key: &str) -> ApiResponse {
+        let found = self.read(|state| find_service(state, key).cloned());
+        let service = match found {
+            Ok(service) => service,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        match self.apply(Command::RemoveService { id: service.id }).await {
+            Ok(()) => super::api::done(service.spec.name),
+            Err(answer) => answer,
+        }
+    }
+
+    /// Output of a service's tasks after the given per-task line numbers, oldest first.
+    pub(super) fn service_logs(
+        &self,
+        state: &ClusterState,
+        key: &str,
+        after: &BTreeMap<String, u64>,
+    ) -> ApiResponse {
+        let service = match find_service(state, key) {
+            Ok(service) => service,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        let buffer = self.logs.lock().expect("log buffer lock");
+        let mut entries: Vec<LogEntry> = Vec::new();
+        for task in state.tasks.values().filter(|t| t.service_id == service.id) {
+            let view = TaskView::of(task, state);
+            let from = after.get(&task.id).copied().unwrap_or(0);
+            entries.extend(buffer.read(&task.id, from).map(|r| LogEntry {
+                task_id: task.id.clone(),
+                task_name: view.name.clone(),
+                service: service.spec.name.clone(),
+                node: view.node.clone(),
+                seq: r.seq,
+                stream: r.stream,
+                line: r.line.clone(),
+                at_ms: r.at_ms,
+            }));
+        }
+        entries.sort_by(|a, b| (a.at_ms, &a.task_id, a.seq).cmp(&(b.at_ms, &b.task_id, b.seq)));
+        ApiResponse::Logs(entries)
+    }
+}
+
+/// Services as `service ls` shows them, by name.
+pub(super) fn list_services(state: &ClusterState) -> ApiResponse {
+    let mut views: Vec<ServiceView> = state
+        .services
+        .values()
+        .map(|s| ServiceView::of(s, state))
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    ApiResponse::Services(views)
+}
+
+/// Tasks of some services (all when `keys` is empty): by service, slot, newest first.
+pub(super) fn list_tasks(state: &ClusterState, keys: &[String]) -> ApiResponse {
+    let mut ids = Vec::new();
+    for key in keys {
+        match find_service(state, key) {
+            Ok(service) => ids.push(service.id.clone()),
+            Err(why) => return ApiResponse::Error(why),
+        }
+    }
+    let mut tasks: Vec<_> = state
+        .tasks
+        .values()
+        .filter(|t| ids.is_empty() || ids.contains(&t.service_id))
+        .collect();
+    tasks.sort_by(|a, b| {
+        (
+            &a.service_id,
+            a.slot,
+            a.node_id,
+            std::cmp::Reverse(a.created_ms),
+        )
+            .cmp(&(
+                &b.service_id,
+                b.slot,
+                b.node_id,
+                std::cmp::Reverse(b.created_ms),
+            ))
+    });
+    ApiResponse::Tasks(tasks.into_iter().map(|t| TaskView::of(t, state)).collect())
+}
+
+/// Refuses an image no node can run: the task would be rejected everywhere.
+fn check_image(state: &ClusterState, image: &str) -> Result<(), String> {
+    if state
+        .nodes
+        .values()
+        .any(|n| n.description.images.iter().any(|i| i == image))
+    {
+        return Ok(());
+    }
+    let mut known: Vec<&str> = state
+        .nodes
+        .values()
+        .flat_map(|n| n.description.images.iter().map(String::as_str))
+        .collect();
+    known.sort();
+    known.dedup();
+    Err(format!(
+        "image {image:?} is on no node (the nodes have: {}); build the test image with scripts/build-test-image.sh, or import yours into every node's runtime",
+        if known.is_empty() { "none reported yet".to_string() } else { known.join(", ") }
+    ))
+}
+
+/// Refuses a published port another service holds, and picks one from 30000-32767 for
+/// ingress ports given without one.
+fn assign_ports(
+    state: &ClusterState,
+    this: Option<&str>,
+    spec: &mut ServiceSpec,
+) -> Result<(), String> {
+    let mut taken: BTreeMap<(u16, crate::service::spec::Protocol), String> = BTreeMap::new();
+    for service in state
+        .services
+        .values()
+        .filter(|s| Some(s.id.as_str()) != this)
+    {
+        for port in &service.spec.ports {
+            if let Some(published) = port.published {
+                taken.insert((published, port.protocol), service.spec.name.clone());
+            }
+        }
+    }
+    for port in &spec.ports {
+        if let Some(published) = port.published {
+            if let Some(owner) = taken.get(&(published, port.protocol)) {
+                return Err(format!(
+                    "port {published}/{} is already published by service {owner}; choose another published port",
+                    match port.protocol {
+                        crate::service::spec::Protocol::Tcp => "tcp",
+                        crate::service::spec::Protocol::Udp => "udp",
+                    }
+                ));
+            }
+        }
+    }
+    for port in spec.ports.iter_mut().filter(|p| p.published.is_none()) {
+        if port.mode == PublishMode::Host {
+            return Err("--publish mode=host needs a published port".into());
+        }
+        let free = AUTO_PORTS
+            .clone()
+            .find(|p| !taken.contains_key(&(*p, port.protocol)))
+            .ok_or(
+                "every port in 30000-32767 is published; remove a service or give a published port",
+            )?;
+        port.published = Some(free);
+        taken.insert((free, port.protocol), spec.name.clone());
+    }
+    Ok(())
+}
