@@ -289,6 +289,12 @@ pub fn validate_lab_name(name: &str) -> Result<()> {
     {
         return Err(invalid("use only lowercase letters, digits and '-'"));
     }
+    // `<lab dir>/images` holds the task images every lab shares.
+    if name == "images" {
+        return Err(invalid(
+            "choose another name: the lab keeps its task images there",
+        ));
+    }
     Ok(())
 }
 
