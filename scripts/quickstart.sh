@@ -26,10 +26,11 @@ meshctl lab exec "$LAB" m1 -- meshctl info
 echo
 # Managers keep Raft's CPU and disk to themselves; the demo runs on the workers.
 for m in m1 m2 m3; do meshctl lab exec "$LAB" m1 -- meshctl node update --availability drain "$m" >/dev/null; done
-echo "Deploying the demo service (4 replicas of busybox httpd, spread over the workers):"
+meshctl lab exec "$LAB" m1 -- meshctl network create --driver overlay demo-net >/dev/null
+echo "Deploying the demo service (4 replicas of busybox httpd on overlay network demo-net, spread over the workers):"
 # The workers report their images within a few seconds of joining.
 for _ in $(seq 1 50); do
-  meshctl lab exec "$LAB" m1 -- meshctl service create --name demo --replicas 4 \
+  meshctl lab exec "$LAB" m1 -- meshctl service create --name demo --replicas 4 --network demo-net \
     --publish published=8080,target=80 mesh-test:latest \
     sh -c 'echo "hello from task $MESH_TASK_SLOT on node $MESH_NODE_ID" > /www/index.html; echo "serving slot $MESH_TASK_SLOT"; exec httpd -f -p 80 -h /www' \
     2>/dev/null && break
@@ -44,6 +45,18 @@ meshctl lab exec "$LAB" m1 -- meshctl service ls
 meshctl lab exec "$LAB" m1 -- meshctl service ps demo
 echo
 meshctl lab exec "$LAB" m1 -- meshctl service logs demo
+echo
+echo "Tasks on different hosts talk over the VXLAN overlay (each fetches the others' page by overlay IP):"
+endpoints=$(meshctl lab exec "$LAB" m1 -- meshctl network inspect demo-net |
+  jq -r '.[0].endpoints[] | "\(.task_id) \(.node) \(.ip)"')
+first=$(echo "$endpoints" | head -1)
+read -r task node _ <<<"$first"
+netns="${MESH_LAB_DIR:-/var/lib/mesh-lab}/$LAB/hosts/$node/state/netns/$task"
+echo "$endpoints" | while read -r _ other ip; do
+  [ "$other" = "$node" ] && continue
+  printf '  %s → %s (%s): ' "$node" "$ip" "$other"
+  meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" wget -q -T 3 -O - "http://$ip/" || echo "no answer"
+done
 cat <<MSG
 
 Lab $LAB is up. Try:

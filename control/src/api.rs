@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{NetworkSpec, NetworkView};
 use crate::service::view::{LogEntry, ServiceView, TaskView};
 use crate::service::ServiceSpec;
 use crate::store::{Availability, NodeDescription, NodeId, NodeRecord, NodeStatus, Role};
@@ -45,6 +46,14 @@ pub enum ApiRequest {
     ServiceRemove { service: String },
     /// Tasks of the given services (all services when empty), history included.
     TaskList { services: Vec<String> },
+    /// Create an overlay network.
+    NetworkCreate(NetworkSpec),
+    /// Every network.
+    NetworkList,
+    /// One network, by name, ID or ID prefix.
+    NetworkInspect { network: String },
+    /// Remove a network no service or task uses.
+    NetworkRemove { network: String },
     /// Output lines of a service's tasks after the given per-task line numbers.
     ServiceLogs {
         service: String,
@@ -71,6 +80,10 @@ pub enum ApiResponse {
     Tasks(Vec<TaskView>),
     /// Answer to ServiceLogs.
     Logs(Vec<LogEntry>),
+    /// Answer to NetworkList.
+    Networks(Vec<NetworkView>),
+    /// Answer to NetworkInspect.
+    Network(Box<NetworkView>),
     /// A change was made; warnings the operator should read.
     Done {
         message: String,

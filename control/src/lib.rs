@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod local_api;
 pub mod manager;
+pub mod network;
 pub mod node;
 pub mod orchestrator;
 pub mod raft;

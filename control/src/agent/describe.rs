@@ -13,15 +13,28 @@ const IMAGES_TTL: Duration = Duration::from_secs(3);
 
 pub(super) struct Describer {
     runtime: Arc<dyn Runtime>,
+    underlay_ip: Option<std::net::Ipv4Addr>,
     cached: Mutex<Option<(Instant, NodeDescription)>>,
 }
 
 impl Describer {
-    pub(super) fn new(runtime: Arc<dyn Runtime>) -> Self {
+    pub(super) fn new(runtime: Arc<dyn Runtime>, underlay_ip: Option<std::net::Ipv4Addr>) -> Self {
         Describer {
             runtime,
+            underlay_ip,
             cached: Mutex::new(None),
         }
+    }
+
+    /// The MTU of the interface holding the underlay address (0 when unknown).
+    fn underlay_mtu(&self) -> u32 {
+        let Some(ip) = self.underlay_ip else {
+            return 0;
+        };
+        dataplane::overlay::underlay_mtu(ip, None).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "reading the underlay MTU");
+            0
+        })
     }
 
     pub(super) async fn describe(&self) -> NodeDescription {
@@ -48,6 +61,7 @@ impl Describer {
                 .and_then(|text| mem_total(&text))
                 .unwrap_or(0),
             images,
+            underlay_mtu: self.underlay_mtu(),
         };
         *cached = Some((Instant::now(), description.clone()));
         description

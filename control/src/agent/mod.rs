@@ -7,6 +7,7 @@
 //! are adopted and which are stopped.
 
 mod describe;
+mod network;
 mod task;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -17,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 use crate::node::heartbeat::LeaderClient;
-use crate::rpc::messages::{AgentReport, Assignment, LogRecord, Request, Response};
+use crate::rpc::messages::{AgentReport, Assignment, Assignments, LogRecord, Request, Response};
 use crate::runtime::{ExitStatus, LogLine, Runtime};
 use crate::service::{DesiredState, TaskReport, TaskState};
 use crate::store::NodeId;
@@ -55,19 +56,29 @@ pub struct Agent {
     outbox: Mutex<VecDeque<LogRecord>>,
     wake: Notify,
     describer: describe::Describer,
+    /// This node's underlay address (its VTEP), when it has an IPv4 one.
+    underlay_ip: Option<std::net::Ipv4Addr>,
+    overlay: dataplane::overlay::Overlay,
+    /// The dispatcher's last answer, which the overlay is built from.
+    last: Mutex<Option<Arc<Assignments>>>,
 }
 
 impl Agent {
-    /// An agent for `node_id`, keeping task namespaces under `state_dir/netns`.
+    /// An agent for `node_id`, keeping task namespaces under `state_dir/netns` and overlay
+    /// networks under `state_dir/overlay`.
     pub fn new(
         node_id: NodeId,
         runtime: Arc<dyn Runtime>,
         state_dir: &std::path::Path,
         leader: Arc<LeaderClient>,
+        underlay_ip: Option<std::net::Ipv4Addr>,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             node_id,
-            describer: describe::Describer::new(Arc::clone(&runtime)),
+            underlay_ip,
+            overlay: dataplane::overlay::Overlay::new(state_dir.join("overlay")),
+            last: Mutex::new(None),
+            describer: describe::Describer::new(Arc::clone(&runtime), underlay_ip),
             runtime,
             netns_dir: state_dir.join("netns"),
             leader,
@@ -151,12 +162,15 @@ impl Agent {
     /// Makes the local tasks match the assignments.
     async fn reconcile(
         self: &Arc<Self>,
-        assignments: Vec<Assignment>,
+        assignments: Box<Assignments>,
         lines: &mpsc::UnboundedSender<LogLine>,
     ) {
+        let assignments: Arc<Assignments> = Arc::from(assignments);
+        *self.last.lock().expect("agent lock") = Some(Arc::clone(&assignments));
         let wanted: HashMap<String, Assignment> = assignments
-            .into_iter()
-            .map(|a| (a.task.id.clone(), a))
+            .tasks
+            .iter()
+            .map(|a| (a.task.id.clone(), a.clone()))
             .collect();
         let leftovers = self.leftovers.lock().expect("agent lock").take();
         if let Some(leftovers) = leftovers {
@@ -198,6 +212,10 @@ impl Agent {
             let Some(spec) = assignment.spec.clone() else {
                 continue;
             };
+            if assignment.task.state < TaskState::Assigned {
+                // Still waiting for an address on one of its networks.
+                continue;
+            }
             self.track(id, TaskState::Preparing);
             tokio::spawn(Arc::clone(self).start(assignment.task.clone(), spec, lines.clone()));
         }
@@ -226,6 +244,7 @@ impl Agent {
                 tokio::spawn(Arc::clone(self).remove(id));
             }
         }
+        self.apply_overlay().await;
     }
 
     fn track(&self, id: &str, state: TaskState) {

@@ -38,6 +38,8 @@ impl Agent {
             self.set_state(&id, TaskState::Shutdown, None, None);
             return;
         }
+        // Its interfaces on the overlay exist before its process does.
+        self.apply_overlay().await;
         self.set_state(&id, TaskState::Starting, None, None);
         let run = TaskSpec {
             task_id: id.clone(),

@@ -185,6 +185,8 @@ impl Manager {
                 self.scale_service(&service, replicas).await
             }
             ApiRequest::ServiceRemove { service } => self.remove_service(&service).await,
+            ApiRequest::NetworkCreate(spec) => self.create_network(spec).await,
+            ApiRequest::NetworkRemove { network } => self.remove_network(&network).await,
             ApiRequest::NodePromote { node } => self.promote(&node).await,
             ApiRequest::NodeDemote { node } => self.demote(&node).await,
             ApiRequest::JoinToken { role, rotate } => {
@@ -332,6 +334,15 @@ impl Manager {
                 }
             }
             ApiRequest::TaskList { services } => super::services::list_tasks(state, services),
+            ApiRequest::NetworkList => super::networks::list_networks(state),
+            ApiRequest::NetworkInspect { network } => {
+                match crate::network::find_network(state, network) {
+                    Ok(n) => {
+                        ApiResponse::Network(Box::new(crate::network::NetworkView::of(n, state)))
+                    }
+                    Err(why) => ApiResponse::Error(why),
+                }
+            }
             ApiRequest::ServiceLogs { service, after } => self.service_logs(state, service, after),
             other => ApiResponse::Error(format!("{other:?} is not a read")),
         })
@@ -400,6 +411,8 @@ fn is_read(request: &ApiRequest) -> bool {
             | ApiRequest::ServiceInspect { .. }
             | ApiRequest::TaskList { .. }
             | ApiRequest::ServiceLogs { .. }
+            | ApiRequest::NetworkList
+            | ApiRequest::NetworkInspect { .. }
     )
 }
 

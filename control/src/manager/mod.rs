@@ -5,6 +5,7 @@ mod api;
 mod join;
 mod liveness;
 pub mod logs;
+mod networks;
 pub mod orchestrate;
 mod roles;
 mod services;

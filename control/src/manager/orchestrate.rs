@@ -10,7 +10,9 @@ use super::Manager;
 use crate::api::format_node_id;
 use crate::cluster::tls::PeerIdentity;
 use crate::orchestrator::reconcile;
-use crate::rpc::messages::{AgentReport, Assignment, Response};
+use crate::rpc::messages::{
+    AgentReport, Assignment, Assignments, Endpoint, NetworkAssignment, Response,
+};
 use crate::service::{DesiredState, TaskOp};
 use crate::store::Command;
 
@@ -121,20 +123,72 @@ impl Manager {
             }
         }
         self.logs.lock().expect("log buffer lock").push(report.logs);
-        let assignments = self.read(|state| {
-            state
+        let assignments = self.read(|state| assignments_for(state, node_id));
+        Response::Assignments(Box::new(assignments))
+    }
+}
+
+/// What node `node_id` must run: its tasks (but not the finished ones it already reported), and
+/// every endpoint of the networks they are attached to.
+pub fn assignments_for(
+    state: &crate::store::ClusterState,
+    node_id: crate::store::NodeId,
+) -> Assignments {
+    let tasks: Vec<Assignment> = state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == Some(node_id))
+        .filter(|t| !(t.desired == DesiredState::Shutdown && t.state.is_terminal()))
+        .map(|t| Assignment {
+            task: t.clone(),
+            spec: state.services.get(&t.service_id).map(|s| s.spec.clone()),
+        })
+        .collect();
+    let wanted: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .filter(|a| !a.task.state.is_terminal())
+        .flat_map(|a| a.task.attachments.iter().map(|n| n.network_id.as_str()))
+        .collect();
+    let networks = wanted
+        .into_iter()
+        .filter_map(|id| state.networks.get(id))
+        .map(|network| NetworkAssignment {
+            network: network.clone(),
+            mtu: crate::network::effective_mtu(state, network),
+            endpoints: state
                 .tasks
                 .values()
-                .filter(|t| t.node_id == Some(node_id))
-                .filter(|t| !(t.desired == DesiredState::Shutdown && t.state.is_terminal()))
-                .map(|t| Assignment {
-                    task: t.clone(),
-                    spec: state.services.get(&t.service_id).map(|s| s.spec.clone()),
+                .filter(|t| {
+                    !t.state.is_terminal() && t.state >= crate::service::TaskState::Assigned
                 })
-                .collect()
-        });
-        Response::Assignments(assignments)
+                .filter_map(|t| {
+                    let attachment = t.attachments.iter().find(|a| a.network_id == network.id)?;
+                    let node = state.nodes.get(&t.node_id?)?;
+                    Some(Endpoint {
+                        task_id: t.id.clone(),
+                        node_id: node.id,
+                        ip: attachment.ip,
+                        vtep: node_ip(&node.addr)?,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Assignments {
+        tasks,
+        networks,
+        data_path_port: state.cluster.as_ref().map_or(4789, |c| c.data_path_port),
     }
+}
+
+/// The IPv4 address of a `host:port` node address.
+fn node_ip(addr: &str) -> Option<std::net::Ipv4Addr> {
+    addr.parse::<std::net::SocketAddr>()
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        })
 }
 
 #[cfg(test)]

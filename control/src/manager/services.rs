@@ -21,6 +21,7 @@ impl Manager {
         }
         let checked = self.read(|state| {
             check_image(state, &spec.image)?;
+            check_networks(state, &spec)?;
             assign_ports(state, None, &mut spec)
         });
         if let Err(why) = checked {
@@ -150,6 +151,22 @@ pub(super) fn list_tasks(state: &ClusterState, keys: &[String]) -> ApiResponse {
             ))
     });
     ApiResponse::Tasks(tasks.into_iter().map(|t| TaskView::of(t, state)).collect())
+}
+
+/// Refuses networks that do not exist.
+fn check_networks(state: &ClusterState, spec: &ServiceSpec) -> Result<(), String> {
+    for name in &spec.networks {
+        if state.network_named(name).is_none() {
+            return Err(format!(
+                "--network {name}: no such network; create it with `meshctl network create --driver overlay {name}`"
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = spec.networks.iter().find(|n| !seen.insert(*n)) {
+        return Err(format!("--network {twice} is given twice"));
+    }
+    Ok(())
 }
 
 /// Refuses an image no node can run: the task would be rejected everywhere.

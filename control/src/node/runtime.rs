@@ -232,11 +232,20 @@ impl ClusterNode {
             Arc::clone(&leader),
             self.role_changes.clone(),
         )));
+        let underlay_ip = membership
+            .addr
+            .parse::<SocketAddr>()
+            .ok()
+            .and_then(|a| match a.ip() {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            });
         let agent = crate::agent::Agent::new(
             membership.node_id,
             Arc::clone(&self.task_runtime),
             &self.state_dir,
             Arc::clone(&leader),
+            underlay_ip,
         );
         tasks.push(tokio::spawn(agent.run()));
         tracing::info!(node_id = %format_node_id(membership.node_id), role = ?membership.role, cluster = %membership.cluster_id, "cluster member");

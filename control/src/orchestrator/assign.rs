@@ -40,6 +40,7 @@ pub(super) fn assign(state: &ClusterState, tasks: &mut BTreeMap<String, TaskReco
     let mut waiting: Vec<(String, u64, String)> = tasks
         .values()
         .filter(|t| t.desired == DesiredState::Running && t.node_id.is_none())
+        .filter(|t| super::attach::attached(state, t))
         .map(|t| (t.service_id.clone(), t.slot, t.id.clone()))
         .collect();
     if waiting.is_empty() {

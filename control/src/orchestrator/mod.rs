@@ -7,6 +7,7 @@
 //! the tasks of removed services, prune history, then place new tasks with the scheduler.
 
 mod assign;
+mod attach;
 
 use std::collections::BTreeMap;
 
@@ -50,6 +51,7 @@ pub fn reconcile(
     }
     pass.removed_services();
     pass.prune();
+    attach::attach(state, &mut pass.tasks);
     assign::assign(state, &mut pass.tasks, now_ms);
     diff(&state.tasks, &pass.tasks)
 }
@@ -155,6 +157,7 @@ impl Pass<'_> {
                     created_ms: self.now_ms,
                     state_ms: self.now_ms,
                     attempt,
+                    attachments: Vec::new(),
                 };
                 self.tasks.insert(task.id.clone(), task);
             }
@@ -186,6 +189,11 @@ impl Pass<'_> {
         let now = self.now_ms;
         let task = self.tasks.get_mut(id).expect("retire a known task");
         task.desired = DesiredState::Shutdown;
+        if task.node_id.is_none() && !task.state.is_terminal() {
+            // Never placed: there is nothing to stop.
+            task.state = TaskState::Shutdown;
+            task.state_ms = now;
+        }
         if let Some((why, lost)) = problem {
             if lost && !task.state.is_terminal() {
                 task.state = TaskState::Orphaned;

@@ -27,6 +27,7 @@ fn node(id: NodeId, name: &str, role: Role) -> NodeRecord {
             nano_cpus: 2_000_000_000,
             memory_bytes: 4 << 30,
             images: vec![IMAGE.into()],
+            underlay_mtu: 1500,
         },
     }
 }
@@ -487,4 +488,105 @@ fn reservations_limit_what_a_node_takes() {
         .as_deref()
         .unwrap()
         .contains("3 nodes lack 1.5 free CPUs"));
+}
+
+fn add_network(world: &mut World, name: &str, subnet: &str) -> String {
+    let record = crate::network::NetworkRecord {
+        id: format!("net-{name}"),
+        name: name.into(),
+        subnet: crate::network::Subnet::parse(subnet).unwrap(),
+        gateway: crate::network::Subnet::parse(subnet)
+            .unwrap()
+            .hosts()
+            .next()
+            .unwrap(),
+        vni: 4097 + world.state.networks.len() as u32,
+        mtu: None,
+        attachable: false,
+        labels: BTreeMap::new(),
+        created_ms: 0,
+    };
+    let id = record.id.clone();
+    assert_eq!(
+        world.state.apply(Command::CreateNetwork(record)),
+        crate::store::CommandResult::Ok
+    );
+    id
+}
+
+#[test]
+fn tasks_get_distinct_addresses_and_wait_when_the_subnet_is_full() {
+    let mut world = World::new();
+    let net = add_network(&mut world, "front", "10.5.0.0/29");
+    let web = world.create(ServiceSpec {
+        networks: vec!["front".into()],
+        ..spec("web", ServiceMode::Replicated { replicas: 6 })
+    });
+    world.settle();
+    world.agents_run_all();
+    let mut ips: Vec<_> = world
+        .running(&web)
+        .iter()
+        .flat_map(|t| t.attachments.iter().map(|a| (a.network_id.clone(), a.ip)))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    // A /29 has 6 host addresses and the gateway takes one: 5 tasks run, one waits.
+    assert_eq!(ips.len(), 5);
+    assert!(ips.iter().all(|(n, ip)| n == &net && ip.octets()[3] >= 2));
+    let waiting: Vec<_> = world
+        .running(&web)
+        .into_iter()
+        .filter(|t| t.attachments.is_empty())
+        .cloned()
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].state, TaskState::Pending);
+    assert!(waiting[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("network front: no free address in 10.5.0.0/29"));
+    // Scaling down frees addresses once the stopped tasks end; the waiting task then runs.
+    let mut smaller = world.state.services[&web].spec.clone();
+    smaller.mode = ServiceMode::Replicated { replicas: 5 };
+    world.state.apply(Command::UpdateService {
+        id: web.clone(),
+        spec: smaller,
+        at_ms: world.now,
+    });
+    world.settle();
+    let stopped: Vec<TaskOp> = world
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.desired == DesiredState::Shutdown && !t.state.is_terminal())
+        .map(|t| report(t, TaskState::Shutdown, None, world.now))
+        .collect();
+    world.state.apply(Command::Tasks(stopped));
+    world.settle();
+    let running = world.running(&web);
+    assert_eq!(running.len(), 5);
+    assert!(running
+        .iter()
+        .all(|t| t.attachments.len() == 1 && t.node_id.is_some()));
+}
+
+#[test]
+fn a_network_in_use_cannot_be_removed() {
+    let mut world = World::new();
+    let net = add_network(&mut world, "front", "10.5.0.0/24");
+    world.create(ServiceSpec {
+        networks: vec!["front".into()],
+        ..spec("web", ServiceMode::Replicated { replicas: 1 })
+    });
+    world.settle();
+    match world
+        .state
+        .apply(Command::RemoveNetwork { id: net.clone() })
+    {
+        crate::store::CommandResult::Refused(why) => assert!(why.contains("service web"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(world.state.networks.contains_key(&net));
 }

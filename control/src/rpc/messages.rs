@@ -8,6 +8,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiRequest, ApiResponse};
+use crate::network::NetworkRecord;
 use crate::raft::typ::{NodeId, TypeConfig};
 use crate::runtime::Stream;
 use crate::service::{ServiceSpec, TaskRecord, TaskReport};
@@ -63,6 +64,42 @@ pub struct LogRecord {
     pub line: String,
     /// When the agent read it (milliseconds since the epoch).
     pub at_ms: u64,
+}
+
+/// What the dispatcher answers an agent: its tasks, and the overlay networks they use with
+/// every endpoint on them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// The node's tasks.
+    pub tasks: Vec<Assignment>,
+    /// Networks the node's tasks are attached to.
+    pub networks: Vec<NetworkAssignment>,
+    /// The cluster's VXLAN port.
+    pub data_path_port: u16,
+}
+
+/// One overlay network as a node needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAssignment {
+    /// The network.
+    pub network: NetworkRecord,
+    /// The MTU its interfaces get.
+    pub mtu: u32,
+    /// Every task attached to it that is placed and has not ended, on any node.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A task's address on a network and the host it is on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The task.
+    pub task_id: String,
+    /// Its node.
+    pub node_id: NodeId,
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its node's underlay address (the VXLAN tunnel endpoint).
+    pub vtep: std::net::Ipv4Addr,
 }
 
 /// A task for an agent: its record and the spec of its service.
@@ -130,8 +167,8 @@ pub enum Response {
         role: Role,
         managers: Vec<(NodeId, String)>,
     },
-    /// The tasks assigned to the reporting node.
-    Assignments(Vec<Assignment>),
+    /// The tasks assigned to the reporting node, and their networks.
+    Assignments(Box<Assignments>),
     /// Done.
     Ok,
     /// This manager is not the leader; ask there (when one is known).

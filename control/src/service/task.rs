@@ -100,6 +100,9 @@ pub struct TaskRecord {
     /// 0 for a slot's first task, then +1 for each restart after an exit.
     #[serde(default)]
     pub attempt: u64,
+    /// Its address on each network of its service, once allocated.
+    #[serde(default)]
+    pub attachments: Vec<crate::network::Attachment>,
 }
 
 /// A change to the tasks, batched in one Raft entry.

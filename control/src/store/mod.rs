@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkRecord;
 use crate::service::{ServiceRecord, ServiceSpec, TaskOp, TaskRecord};
 
 /// A node's Raft and cluster ID.
@@ -111,6 +112,9 @@ pub struct NodeDescription {
     pub memory_bytes: u64,
     /// Images its runtime can run.
     pub images: Vec<String>,
+    /// MTU of the interface carrying its underlay address (0 before it reports one).
+    #[serde(default)]
+    pub underlay_mtu: u32,
 }
 
 /// A change to the cluster store; the Raft log is a sequence of these.
@@ -152,6 +156,10 @@ pub enum Command {
     RemoveService { id: String },
     /// Tasks created, changed, reported or forgotten, in one entry.
     Tasks(Vec<TaskOp>),
+    /// An overlay network was created (with its allocation).
+    CreateNetwork(NetworkRecord),
+    /// An overlay network was removed.
+    RemoveNetwork { id: String },
 }
 
 /// The outcome of applying a command.
@@ -176,6 +184,9 @@ pub struct ClusterState {
     /// Every task, by ID.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// Every overlay network, by ID.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
 }
 
 impl ClusterState {
@@ -293,6 +304,35 @@ impl ClusterState {
                     self.apply_task_op(op);
                 }
             }
+            Command::CreateNetwork(network) => {
+                if let Err(why) = crate::service::spec::validate_name(&network.name) {
+                    return refused(why);
+                }
+                if self.network_named(&network.name).is_some() {
+                    return refused(format!(
+                        "a network named {} already exists; choose another name",
+                        network.name
+                    ));
+                }
+                if let Some(other) = self.networks.values().find(|n| {
+                    n.id == network.id || n.vni == network.vni || n.subnet.overlaps(network.subnet)
+                }) {
+                    return refused(format!(
+                        "network {} ({}, VNI {}) clashes with network {} ({}, VNI {}); choose another subnet",
+                        network.name, network.subnet, network.vni, other.name, other.subnet, other.vni
+                    ));
+                }
+                self.networks.insert(network.id.clone(), network);
+            }
+            Command::RemoveNetwork { id } => {
+                let Some(network) = self.networks.get(&id) else {
+                    return refused(format!("no network with ID {id}"));
+                };
+                if let Err(why) = self.network_in_use(network) {
+                    return refused(why);
+                }
+                self.networks.remove(&id);
+            }
         }
         CommandResult::Ok
     }
@@ -321,6 +361,41 @@ impl ClusterState {
                 task.state_ms = report.at_ms;
             }
         }
+    }
+
+    /// The network with this name.
+    pub fn network_named(&self, name: &str) -> Option<&NetworkRecord> {
+        self.networks.values().find(|n| n.name == name)
+    }
+
+    /// Refuses when a service or a live task uses the network, naming them.
+    pub fn network_in_use(&self, network: &NetworkRecord) -> Result<(), String> {
+        let services: Vec<&str> = self
+            .services
+            .values()
+            .filter(|s| s.spec.networks.contains(&network.name))
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        if !services.is_empty() {
+            return Err(format!(
+                "network {} is in use by service {}; remove the service (or update it off the network) first",
+                network.name,
+                services.join(", ")
+            ));
+        }
+        let tasks = self
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_terminal())
+            .filter(|t| t.attachments.iter().any(|a| a.network_id == network.id))
+            .count();
+        if tasks > 0 {
+            return Err(format!(
+                "network {} still has {tasks} task(s) attached that are stopping; try again in a few seconds",
+                network.name
+            ));
+        }
+        Ok(())
     }
 
     /// The service with this name.

@@ -3,6 +3,7 @@
 
 mod cluster_cmd;
 mod lab_cmd;
+mod network_cmd;
 mod output;
 mod service_cmd;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Manage nodes (on a manager).
     #[command(subcommand)]
     Node(cluster_cmd::NodeCommand),
+    /// Manage overlay networks (on a manager).
+    #[command(subcommand)]
+    Network(network_cmd::NetworkCommand),
     /// Manage services and their tasks (on a manager).
     #[command(subcommand)]
     Service(service_cmd::ServiceCommand),
@@ -66,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Swarm(command) => cluster_cmd::swarm(&socket, command),
         Command::Node(command) => cluster_cmd::node(&socket, command),
         Command::Service(command) => service_cmd::service(&socket, command),
+        Command::Network(command) => network_cmd::network(&socket, command),
         Command::Info { format } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
