@@ -29,6 +29,8 @@ pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_QUEUED_LINES: usize = 20_000;
 /// Lines shipped per report, so one report stays small.
 const MAX_LINES_PER_REPORT: usize = 2_000;
+/// How long the dispatcher may hold a watch for new work.
+const WATCH_WAIT: Duration = Duration::from_millis(1500);
 /// How long a stopped task has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -61,6 +63,7 @@ pub struct Agent {
     overlay: dataplane::overlay::Overlay,
     /// The dispatcher's last answer, which the overlay is built from.
     last: Mutex<Option<Arc<Assignments>>>,
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -78,6 +81,7 @@ impl Agent {
             underlay_ip,
             overlay: dataplane::overlay::Overlay::new(state_dir.join("overlay")),
             last: Mutex::new(None),
+            reconciling: tokio::sync::Mutex::new(()),
             describer: describe::Describer::new(Arc::clone(&runtime), underlay_ip),
             runtime,
             netns_dir: state_dir.join("netns"),
@@ -102,6 +106,8 @@ impl Agent {
         }
         let (lines_tx, lines_rx) = mpsc::unbounded_channel();
         tokio::spawn(Arc::clone(&self).collect_lines(lines_rx));
+        let watcher = tokio::spawn(Arc::clone(&self).watch_work(lines_tx.clone()));
+        let _stop_watcher = AbortOnDrop(watcher);
         loop {
             let report = self.report().await;
             let shipped = report.logs.len();
@@ -123,6 +129,36 @@ impl Agent {
             tokio::select! {
                 _ = tokio::time::sleep(REPORT_INTERVAL) => {}
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Waits at the dispatcher for this node's work to change, and acts on it at once; the
+    /// periodic reports carry states and output.
+    async fn watch_work(self: Arc<Self>, lines: mpsc::UnboundedSender<LogLine>) {
+        let client = self.leader.sibling().await;
+        let mut known = 0;
+        loop {
+            let report = AgentReport {
+                node_id: self.node_id,
+                description: self.describer.describe().await,
+                tasks: Vec::new(),
+                logs: Vec::new(),
+                known,
+                wait_ms: WATCH_WAIT.as_millis() as u64,
+            };
+            match client
+                .call(&Request::Agent(report), WATCH_WAIT + Duration::from_secs(3))
+                .await
+            {
+                Ok(Response::Assignments(assignments)) => {
+                    known = assignments.fingerprint;
+                    self.reconcile(assignments, &lines).await;
+                }
+                _ => {
+                    known = 0;
+                    tokio::time::sleep(REPORT_INTERVAL).await;
+                }
             }
         }
     }
@@ -156,6 +192,8 @@ impl Agent {
             description,
             tasks,
             logs,
+            known: 0,
+            wait_ms: 0,
         }
     }
 
@@ -165,6 +203,8 @@ impl Agent {
         assignments: Box<Assignments>,
         lines: &mpsc::UnboundedSender<LogLine>,
     ) {
+        // The watcher and the periodic reports both bring assignments: one reconcile at a time.
+        let _one = self.reconciling.lock().await;
         let assignments: Arc<Assignments> = Arc::from(assignments);
         *self.last.lock().expect("agent lock") = Some(Arc::clone(&assignments));
         let wanted: HashMap<String, Assignment> = assignments
@@ -314,5 +354,40 @@ impl Agent {
                 at_ms: crate::manager::orchestrate::now_ms(),
             });
         }
+    }
+}
+
+/// Aborts a task when dropped (the watcher ends with the agent's loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What leaving the cluster does to the node's workloads: every task the runtime holds is
+/// stopped and removed, with its namespace, and the overlay networks go.
+pub async fn clear_node(runtime: &dyn Runtime, state_dir: &std::path::Path) {
+    match runtime.list().await {
+        Ok(ids) => {
+            for id in ids {
+                if let Err(err) = runtime.stop(&id, STOP_GRACE).await {
+                    tracing::warn!(task = %id, error = %err, "stopping a task on leave");
+                }
+                if let Err(err) = runtime.remove(&id).await {
+                    tracing::warn!(task = %id, error = %err, "removing a task on leave");
+                }
+                let netns = state_dir.join("netns").join(&id);
+                if let Err(err) = crate::runtime::netns::remove(&netns) {
+                    tracing::warn!(task = %id, error = %err, "removing a task namespace on leave");
+                }
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "listing tasks on leave"),
+    }
+    let overlay = dataplane::overlay::Overlay::new(state_dir.join("overlay"));
+    if let Err(err) = overlay.clear().await {
+        tracing::warn!(error = %err, "removing the overlay networks on leave");
     }
 }

@@ -16,8 +16,13 @@ use crate::rpc::messages::{
 use crate::service::{DesiredState, TaskOp};
 use crate::store::Command;
 
-/// How often the leader reconciles.
-const PASS_INTERVAL: Duration = Duration::from_millis(200);
+/// The leader reconciles after every change to the store, and at least this often (restart
+/// delays expire without a change).
+const PASS_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest a dispatcher answer is held waiting for new work.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Changes arriving together (a burst of agent reports) are handled in one pass.
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -39,8 +44,14 @@ pub fn random_id() -> String {
 }
 
 pub(super) async fn run(manager: Weak<Manager>) {
+    let Some(mut changes) = manager.upgrade().map(|m| m.store.subscribe()) else {
+        return;
+    };
     loop {
-        tokio::time::sleep(PASS_INTERVAL).await;
+        tokio::select! {
+            _ = changes.changed() => tokio::time::sleep(SETTLE).await,
+            _ = tokio::time::sleep(PASS_INTERVAL) => {}
+        }
         let Some(manager) = manager.upgrade() else {
             return;
         };
@@ -123,8 +134,23 @@ impl Manager {
             }
         }
         self.logs.lock().expect("log buffer lock").push(report.logs);
-        let assignments = self.read(|state| assignments_for(state, node_id));
-        Response::Assignments(Box::new(assignments))
+        // Hold the answer until this node's work changes, when the agent asks to wait.
+        let mut changes = self.store.subscribe();
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(report.wait_ms.min(MAX_WAIT.as_millis() as u64));
+        loop {
+            let assignments = self.read(|state| assignments_for(state, node_id));
+            if assignments.fingerprint != report.known
+                || tokio::time::Instant::now() >= deadline
+                || !self.is_leader()
+            {
+                return Response::Assignments(Box::new(assignments));
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 }
 
@@ -149,7 +175,7 @@ pub fn assignments_for(
         .filter(|a| !a.task.state.is_terminal())
         .flat_map(|a| a.task.attachments.iter().map(|n| n.network_id.as_str()))
         .collect();
-    let networks = wanted
+    let networks: Vec<NetworkAssignment> = wanted
         .into_iter()
         .filter_map(|id| state.networks.get(id))
         .map(|network| NetworkAssignment {
@@ -174,11 +200,24 @@ pub fn assignments_for(
                 .collect(),
         })
         .collect();
-    Assignments {
+    let mut assignments = Assignments {
         tasks,
         networks,
         data_path_port: state.cluster.as_ref().map_or(4789, |c| c.data_path_port),
-    }
+        fingerprint: 0,
+    };
+    assignments.fingerprint = fingerprint(&assignments);
+    assignments
+}
+
+/// A digest of assignments (fingerprint zeroed), stable within one leader's lifetime.
+fn fingerprint(assignments: &Assignments) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let bytes = serde_json::to_vec(assignments).unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    // 0 means "nothing known yet" to the agent.
+    hasher.finish().max(1)
 }
 
 /// The IPv4 address of a `host:port` node address.

@@ -55,6 +55,12 @@ impl LeaderClient {
         *self.last_ack.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
     }
 
+    /// Another client to the same managers, on its own connections (for calls that wait long,
+    /// so they never hold up this one's).
+    pub async fn sibling(&self) -> LeaderClient {
+        LeaderClient::new(Arc::clone(&self.tls), self.managers.lock().await.clone())
+    }
+
     /// Replaces the known managers (the leader reports them in every heartbeat answer).
     pub async fn set_managers(&self, managers: Vec<String>) {
         *self.managers.lock().await = managers;

@@ -49,6 +49,13 @@ pub struct AgentReport {
     pub tasks: Vec<TaskReport>,
     /// Output lines its tasks wrote since the last accepted report.
     pub logs: Vec<LogRecord>,
+    /// The fingerprint of the assignments it holds, and how long the dispatcher may hold the
+    /// answer waiting for them to change (0: answer at once). Agents watch for new work this
+    /// way instead of polling fast.
+    #[serde(default)]
+    pub known: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// One output line of a task, as an agent ships it.
@@ -76,6 +83,8 @@ pub struct Assignments {
     pub networks: Vec<NetworkAssignment>,
     /// The cluster's VXLAN port.
     pub data_path_port: u16,
+    /// A digest of everything above, for the agent's next `known`.
+    pub fingerprint: u64,
 }
 
 /// One overlay network as a node needs it.
