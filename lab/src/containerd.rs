@@ -14,8 +14,8 @@
 //!
 //! In a chroot of a plain directory (CI's), two things differ: no cgroup v1 hierarchy is
 //! visible, so the lab mounts them under OWN_CGROUP_V1_DIR; and `/` is no mount's root, which
-//! runc needs, so containerd gets a mount namespace of its own rooted at a recursive bind of `/`
-//! (see `give_own_root`).
+//! runc needs, so containerd gets a mount namespace of its own whose root is a recursive bind of
+//! `/` onto itself (see `give_own_root`).
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
@@ -30,9 +30,6 @@ use crate::sys;
 pub const NAMESPACE: &str = "mesh";
 /// Where the lab mounts cgroup v1 hierarchies that runc needs but this process cannot see.
 pub const OWN_CGROUP_V1_DIR: &str = "/run/mesh-lab/cgroup-v1";
-/// Where containerd gets a root that is a mount when this process's is not (see
-/// `give_own_root`).
-const OWN_ROOT_DIR: &str = "/run/mesh-lab/containerd-root";
 /// Where sockets go whose natural path is too long.
 const SHORT_SOCKET_DIR: &str = "/run/mesh-lab/containerd";
 /// containerd's fixed directories under /run, whatever its configured state directory: shim
@@ -191,32 +188,41 @@ fn root_is_mount_point() -> bool {
 }
 
 /// Makes `command` (containerd, and so its shims and runc) start in a mount namespace of its
-/// own whose root is a mount: a recursive bind of `/` at OWN_ROOT_DIR, chrooted into, so every
+/// own whose root is a mount: a recursive bind of `/` onto `/` itself, chrooted into, so every
 /// path means what it means here. `shared` becomes a shared mount first, so mounts made under
 /// it later, on either side, appear on both.
+///
+/// The bind goes onto the root directory, not onto a directory below it: a mount point is a
+/// directory of the filesystem this process shares, and removing that directory here (as a
+/// teardown would, or anything cleaning up a directory it believes empty) silently detaches
+/// every mount on it in every other namespace. containerd's root would then hang in no
+/// namespace: it keeps running, but the kernel refuses mounts whose paths resolve through a
+/// detached tree, and every container start fails with overlayfs's "failed to clone
+/// upperpath" (EINVAL). Only the chroot's own directory, which nothing removes while the
+/// chroot is in use, is safe to mount on.
 fn give_own_root(command: &mut Command, shared: &Path) -> Result<()> {
     fs::create_dir_all(shared).map_err(LabError::io("creating", shared))?;
-    fs::create_dir_all(OWN_ROOT_DIR).map_err(LabError::io("creating", OWN_ROOT_DIR))?;
     let dir = shared.to_string_lossy().into_owned();
     if !sys::mounts_under(shared).contains(&shared.to_path_buf()) {
         sys::run("mount", ["--bind", &dir, &dir])?;
     }
     sys::run("mount", ["--make-shared", &dir])?;
-    let target = std::ffi::CString::new(OWN_ROOT_DIR).expect("no NUL");
     // SAFETY: the closure runs in the forked child before exec and makes only system calls
-    // (async-signal-safe); `target` is moved in and outlives them. unshare affects the child
-    // alone.
+    // (async-signal-safe) on static strings. unshare affects the child alone.
     unsafe {
-        command.pre_exec(move || {
+        command.pre_exec(|| {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             let flags = libc::MS_BIND | libc::MS_REC;
-            let (root, here) = (c"/".as_ptr(), c".".as_ptr());
+            let root = c"/".as_ptr();
             let null = std::ptr::null();
-            if libc::mount(root, target.as_ptr(), null, flags, null.cast()) != 0
-                || libc::chdir(target.as_ptr()) != 0
-                || libc::chroot(here) != 0
+            // A lookup of `/..` steps from the root directory into the mount just stacked on
+            // it (the bind), which then becomes this process's root and working directory.
+            if libc::mount(root, root, null, flags, null.cast()) != 0
+                || libc::chdir(c"/..".as_ptr()) != 0
+                || libc::chroot(c".".as_ptr()) != 0
+                || libc::chdir(root) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -409,8 +415,6 @@ pub fn teardown(lab: &str, cgroup: &str) -> Result<()> {
     }
     remove_v1_cgroups(cgroup)?;
     remove_empty_run_dirs();
-    // Busy while another lab's containerd is chrooted there; that lab's teardown removes it.
-    let _ = fs::remove_dir(OWN_ROOT_DIR);
     // The parent all labs share goes with the last of them (rmdir fails while others remain).
     let parent = Path::new(cgroup.trim_start_matches('/')).parent();
     if let Some(parent) = parent.filter(|p| !p.as_os_str().is_empty()) {
