@@ -2,6 +2,8 @@
 //!
 //! The dataplane knows nothing of Raft or services. Callers hand it the network state a node
 //! should have; it converges the kernel to that state. This crate holds the BPF programs (built
-//! from `ebpf/` by the build script) and their userspace handles.
+//! from `ebpf/` by the build script) and their userspace handles, and the overlay networks
+//! (namespaces, bridges, vxlan devices, veths and static entries, over rtnetlink).
 
 pub mod bpf;
+pub mod overlay;
