@@ -21,11 +21,11 @@ meshctl lab up --name "$LAB" --managers 3 --workers 2
 echo
 echo "The cluster, as manager m2 sees it:"
 meshctl lab exec "$LAB" m2 -- meshctl node ls
+# Managers keep Raft's CPU and disk to themselves; the demo runs on the workers.
+for m in m1 m2 m3; do meshctl lab exec "$LAB" m1 -- meshctl node update --availability drain "$m" >/dev/null; done
 echo
 meshctl lab exec "$LAB" m1 -- meshctl info
 echo
-# Managers keep Raft's CPU and disk to themselves; the demo runs on the workers.
-for m in m1 m2 m3; do meshctl lab exec "$LAB" m1 -- meshctl node update --availability drain "$m" >/dev/null; done
 meshctl lab exec "$LAB" m1 -- meshctl network create --driver overlay demo-net >/dev/null
 echo "Deploying the demo service (4 replicas of busybox httpd on overlay network demo-net, spread over the workers):"
 # The workers report their images within a few seconds of joining.
@@ -44,6 +44,11 @@ done
 meshctl lab exec "$LAB" m1 -- meshctl service ls
 meshctl lab exec "$LAB" m1 -- meshctl service ps demo
 echo
+# Agents ship their tasks' output with their next report (twice a second).
+for _ in $(seq 1 30); do
+  [ "$(meshctl lab exec "$LAB" m1 -- meshctl service logs demo | grep -c 'serving slot')" -ge 4 ] && break
+  sleep 0.1
+done
 meshctl lab exec "$LAB" m1 -- meshctl service logs demo
 echo
 echo "Tasks on different hosts talk over the VXLAN overlay (each fetches the others' page by overlay IP):"
