@@ -336,16 +336,21 @@ fn check_port(field: &'static str, port: Option<u16>, default: u16) -> Result<u1
     }
 }
 
-/// Node names: 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit (a
-/// hostname label's rules, widened by '_' and '.').
-pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
+/// The rule node, service and network names share: 1 to 63 letters, digits, '-', '_' or '.',
+/// starting with a letter or digit (a hostname label's rules, widened by '_' and '.'), since
+/// they end up in DNS names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Node names follow `is_valid_name`.
+pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(invalid(

@@ -272,13 +272,7 @@ impl ServiceSpec {
 /// Service and network names: 1-63 letters, digits, '-', '_' or '.', starting with a letter
 /// or digit (they become DNS names).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::config::is_valid_name(name) {
         Ok(())
     } else {
         Err(format!("name {name:?} is not valid; use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"))
