@@ -28,14 +28,9 @@ meshctl lab exec "$LAB" m1 -- meshctl info
 echo
 meshctl lab exec "$LAB" m1 -- meshctl network create --driver overlay demo-net >/dev/null
 echo "Deploying the demo service (4 replicas of busybox httpd on overlay network demo-net, spread over the workers):"
-# The workers report their images within a few seconds of joining.
-for _ in $(seq 1 50); do
-  meshctl lab exec "$LAB" m1 -- meshctl service create --name demo --replicas 4 --network demo-net \
-    --publish published=8080,target=80 mesh-test:latest \
-    sh -c 'echo "hello from task $MESH_TASK_SLOT on node $MESH_NODE_ID" > /www/index.html; echo "serving slot $MESH_TASK_SLOT"; exec httpd -f -p 80 -h /www' \
-    2>/dev/null && break
-  sleep 0.2
-done
+meshctl lab exec "$LAB" m1 -- meshctl service create --name demo --replicas 4 --network demo-net \
+  --publish published=8080,target=80 mesh-test:latest \
+  sh -c 'echo "hello from task $MESH_TASK_SLOT on node $MESH_NODE_ID" > /www/index.html; echo "serving slot $MESH_TASK_SLOT"; exec httpd -f -p 80 -h /www'
 for _ in $(seq 1 100); do
   running=$(meshctl lab exec "$LAB" m1 -- meshctl service ls --format json | grep -c '"running": 4' || true)
   [ "$running" = 1 ] && break

@@ -98,6 +98,14 @@ impl TestLab {
     }
 }
 
+impl TestLab {
+    /// Runs meshctl in `host` and returns its stdout, panicking with its stderr on failure.
+    pub fn meshctl_ok(&self, host: &str, args: &[&str]) -> String {
+        self.meshctl(host, args)
+            .unwrap_or_else(|e| panic!("meshctl {args:?} on {host}: {e}"))
+    }
+}
+
 /// Retries `f` every 50 ms until it succeeds or `limit` passes; returns the time it took.
 pub fn until_ok<T>(
     limit: std::time::Duration,

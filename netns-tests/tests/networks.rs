@@ -12,8 +12,7 @@ use serde_json::Value;
 const IMAGE: &str = "mesh-test:latest";
 
 fn ok(lab: &TestLab, args: &[&str]) -> String {
-    lab.meshctl("m1", args)
-        .unwrap_or_else(|e| panic!("meshctl {args:?}: {e}"))
+    lab.meshctl_ok("m1", args)
 }
 
 fn lab(tag: &str, mtu: Option<u32>) -> TestLab {
@@ -113,30 +112,26 @@ fn tasks_on_three_hosts_talk_over_tcp_and_udp_and_networks_are_isolated() {
     let lab = lab("ovtalk", None);
     ok(&lab, &["network", "create", "--driver", "overlay", "front"]);
     ok(&lab, &["network", "create", "--driver", "overlay", "back"]);
-    until_ok(Duration::from_secs(20), || {
-        lab.meshctl(
-            "m1",
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--replicas",
-                "3",
-                "--network",
-                "front",
-                IMAGE,
-                "httpd",
-                "-f",
-                "-p",
-                "80",
-                "-h",
-                "/www",
-            ],
-        )
-        .map(|_| ())
-    })
-    .unwrap();
+    ok(
+        &lab,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "front",
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    );
     ok(
         &lab,
         &[
@@ -321,26 +316,22 @@ fn the_overlay_mtu_follows_a_small_underlay_without_a_black_hole() {
 fn entries_follow_tasks_survive_restarts_and_removal_leaves_nothing() {
     let mut lab = lab("ovlife", None);
     ok(&lab, &["network", "create", "--driver", "overlay", "front"]);
-    until_ok(Duration::from_secs(20), || {
-        lab.meshctl(
-            "m1",
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--replicas",
-                "3",
-                "--network",
-                "front",
-                IMAGE,
-                "sleep",
-                "100000",
-            ],
-        )
-        .map(|_| ())
-    })
-    .unwrap();
+    ok(
+        &lab,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "front",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
     let web = wait_running(&lab, "front", "web", 3);
     let id = network_id(&lab, "front");
     let fdb = |lab: &TestLab, host: &str| {
@@ -514,26 +505,22 @@ fn bad_network_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(ok(&lab, &["network", "ls", "--format", "json"]), before);
 
     // A /29 holds 5 tasks besides its gateway: the sixth says why it waits.
-    until_ok(Duration::from_secs(20), || {
-        lab.meshctl(
-            "m1",
-            &[
-                "service",
-                "create",
-                "--name",
-                "crowd",
-                "--replicas",
-                "6",
-                "--network",
-                "tiny",
-                IMAGE,
-                "sleep",
-                "100000",
-            ],
-        )
-        .map(|_| ())
-    })
-    .unwrap();
+    ok(
+        &lab,
+        &[
+            "service",
+            "create",
+            "--name",
+            "crowd",
+            "--replicas",
+            "6",
+            "--network",
+            "tiny",
+            IMAGE,
+            "sleep",
+            "100000",
+        ],
+    );
     until_ok(Duration::from_secs(20), || {
         let tasks: Vec<Value> =
             serde_json::from_str(&ok(&lab, &["service", "ps", "crowd", "--format", "json"]))

@@ -55,8 +55,7 @@ fn wait_for(
 }
 
 fn ok(lab: &TestLab, args: &[&str]) -> String {
-    lab.meshctl("m1", args)
-        .unwrap_or_else(|e| panic!("meshctl {args:?}: {e}"))
+    lab.meshctl_ok("m1", args)
 }
 
 fn lab_with(tag: &str, containerd: bool) -> TestLab {
@@ -73,27 +72,22 @@ fn scenario(lab: &mut TestLab) {
     for node in ["m1", "w4"] {
         ok(lab, &["node", "update", "--availability", "drain", node]);
     }
-    // Every node reports the test image before a service may use it.
-    until_ok(Duration::from_secs(20), || {
-        lab.meshctl(
-            "m1",
-            &[
-                "service",
-                "create",
-                "--name",
-                "web",
-                "--replicas",
-                "6",
-                IMAGE,
-                "httpd",
-                "-f",
-                "-p",
-                "8080",
-            ],
-        )
-        .map(|_| ())
-    })
-    .unwrap_or_else(|e| panic!("service create web: {e}"));
+    ok(
+        lab,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+        ],
+    );
 
     // Spread: with the managers and w4 drained, 2/2/2 over the three active workers.
     let spread = wait_for(lab, "web", Duration::from_secs(30), |c| {

@@ -137,15 +137,6 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     })?;
     meshctl(&lab, &["node", "update", "--availability", "drain", "m1"])?;
     let image_dir = lab::image_dir();
-    // The workers report their images within a few seconds of starting.
-    wait_until("the workers reporting the test image", || {
-        Ok(meshctl(
-            &lab,
-            &["service", "create", "--name", "probe", IMAGE, "true"],
-        )
-        .is_ok())
-    })?;
-    remove(&lab, "probe")?;
 
     let mut rec = Recorder::new();
     let sizes = if ctx.quick { vec![3] } else { vec![10, 100] };

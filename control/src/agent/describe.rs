@@ -26,17 +26,6 @@ impl Describer {
         }
     }
 
-    /// The MTU of the interface holding the underlay address (0 when unknown).
-    fn underlay_mtu(&self) -> u32 {
-        let Some(ip) = self.underlay_ip else {
-            return 0;
-        };
-        dataplane::overlay::underlay_mtu(ip, None).unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "reading the underlay MTU");
-            0
-        })
-    }
-
     pub(super) async fn describe(&self) -> NodeDescription {
         let mut cached = self.cached.lock().await;
         if let Some((at, description)) = cached.as_ref() {
@@ -44,28 +33,45 @@ impl Describer {
                 return description.clone();
             }
         }
-        let mut images = match self.runtime.images().await {
-            Ok(images) => images,
-            Err(err) => {
-                tracing::warn!(error = %err, "listing images");
-                Vec::new()
-            }
-        };
-        images.sort();
-        let description = NodeDescription {
-            runtime: self.runtime.name().into(),
-            nano_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
-                * 1_000_000_000,
-            memory_bytes: std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|text| mem_total(&text))
-                .unwrap_or(0),
-            images,
-            underlay_mtu: self.underlay_mtu(),
-        };
+        let description = describe_node(self.runtime.as_ref(), self.underlay_ip).await;
         *cached = Some((Instant::now(), description.clone()));
         description
     }
+}
+
+/// What this node has: its runtime and images, CPUs, memory and underlay MTU. Sent with the
+/// join (so a service can use the node's images at once) and with every agent report.
+pub async fn describe_node(
+    runtime: &dyn Runtime,
+    underlay_ip: Option<std::net::Ipv4Addr>,
+) -> NodeDescription {
+    let mut images = match runtime.images().await {
+        Ok(images) => images,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing images");
+            Vec::new()
+        }
+    };
+    images.sort();
+    NodeDescription {
+        runtime: runtime.name().into(),
+        nano_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+            * 1_000_000_000,
+        memory_bytes: std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| mem_total(&text))
+            .unwrap_or(0),
+        images,
+        underlay_mtu: underlay_ip.map_or(0, underlay_mtu),
+    }
+}
+
+/// The MTU of the interface holding the underlay address (0 when unknown).
+fn underlay_mtu(ip: std::net::Ipv4Addr) -> u32 {
+    dataplane::overlay::underlay_mtu(ip, None).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "reading the underlay MTU");
+        0
+    })
 }
 
 /// MemTotal from /proc/meminfo, in bytes.

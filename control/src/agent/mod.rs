@@ -7,6 +7,7 @@
 //! are adopted and which are stopped.
 
 mod describe;
+pub use describe::describe_node;
 mod network;
 mod task;
 

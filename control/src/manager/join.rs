@@ -85,7 +85,7 @@ impl Manager {
             labels: Default::default(),
             status: NodeStatus::Ready,
             version: request.version.clone(),
-            description: Default::default(),
+            description: request.description.clone(),
         }))
         .await
         .map_err(|answer| match answer {

@@ -379,7 +379,7 @@ impl ClusterNode {
                 labels: Default::default(),
                 status: NodeStatus::Ready,
                 version: env!("CARGO_PKG_VERSION").into(),
-                description: Default::default(),
+                description: self.describe(addr).await,
             }),
         ] {
             match manager.write(command).await {
@@ -418,6 +418,7 @@ impl ClusterNode {
             name: self.node_name.clone(),
             addr: addr.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
+            description: self.describe(addr).await,
         });
         let mut remote = options.remote.clone();
         let accepted = 'redirects: {
@@ -475,6 +476,15 @@ impl ClusterNode {
         };
         *running = Some(started);
         Ok(view)
+    }
+
+    /// This node's description, for the join or init that records it.
+    async fn describe(&self, addr: SocketAddr) -> crate::store::NodeDescription {
+        let underlay_ip = match addr.ip() {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        };
+        crate::agent::describe_node(self.task_runtime.as_ref(), underlay_ip).await
     }
 
     /// A cluster API call from the local meshctl.

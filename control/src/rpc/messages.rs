@@ -133,6 +133,9 @@ pub struct JoinRequest {
     pub addr: String,
     /// meshd version.
     pub version: String,
+    /// Its runtime, capacity and images, so services can use it from the start.
+    #[serde(default)]
+    pub description: NodeDescription,
 }
 
 /// What an accepted node receives.

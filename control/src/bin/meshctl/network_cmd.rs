@@ -1,6 +1,5 @@
 //! `meshctl network ...`: overlay networks, in docker's conventions.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +10,8 @@ use control::api::{ApiRequest, ApiResponse};
 use control::network::{NetworkSpec, NetworkView};
 
 use crate::cluster_cmd::cluster;
-use crate::output::{print_list, Format};
+use crate::output::{print_list, short_id, Format};
+use crate::service_cmd::key_values;
 
 /// `meshctl network` subcommands.
 #[derive(Debug, Subcommand)]
@@ -81,14 +81,7 @@ pub fn network(socket: &Path, command: NetworkCommand) -> anyhow::Result<ExitCod
                     _ => bail!("--opt {opt:?} is not known; the overlay driver takes mtu=N"),
                 }
             }
-            let labels = labels
-                .iter()
-                .map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("--label {kv:?} is not KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+            let labels = key_values("--label", &labels)?;
             let spec = NetworkSpec {
                 name,
                 driver,
@@ -120,7 +113,7 @@ pub fn network(socket: &Path, command: NetworkCommand) -> anyhow::Result<ExitCod
                 ],
                 |n| {
                     vec![
-                        n.id[..12.min(n.id.len())].to_string(),
+                        short_id(&n.id).to_string(),
                         n.name.clone(),
                         n.driver.clone(),
                         n.subnet.clone(),

@@ -31,6 +31,11 @@ pub fn print_list<T: Serialize>(
     }
 }
 
+/// The first 12 characters of a service, task or network ID, as listings show them.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// Prints one value as JSON, or as `key: value` lines.
 pub fn print_record<T: Serialize>(format: Format, item: &T, lines: &[(&str, String)]) {
     match format {

@@ -17,7 +17,7 @@ use control::service::spec::{
 use control::service::view::ServiceView;
 
 use crate::cluster_cmd::cluster;
-use crate::output::{print_list, Format};
+use crate::output::{print_list, short_id, Format};
 
 /// `meshctl service` subcommands.
 #[derive(Debug, Subcommand)]
@@ -161,15 +161,7 @@ impl CreateArgs {
                 parse_bytes(v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
             })
         };
-        let labels = self
-            .labels
-            .iter()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .ok_or_else(|| anyhow::anyhow!("--label {kv:?} is not KEY=VALUE"))
-            })
-            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+        let labels = key_values("--label", &self.labels)?;
         let ports = self
             .publish
             .iter()
@@ -229,7 +221,7 @@ pub fn service(socket: &Path, command: ServiceCommand) -> anyhow::Result<ExitCod
                 &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
                 |s| {
                     vec![
-                        s.id[..12.min(s.id.len())].to_string(),
+                        short_id(&s.id).to_string(),
                         s.name.clone(),
                         s.mode.clone(),
                         format!("{}/{}", s.running, s.desired),
@@ -259,7 +251,7 @@ pub fn service(socket: &Path, command: ServiceCommand) -> anyhow::Result<ExitCod
                 ],
                 |t| {
                     vec![
-                        t.id[..12.min(t.id.len())].to_string(),
+                        short_id(&t.id).to_string(),
                         t.name.clone(),
                         t.image.clone(),
                         t.node.clone(),
@@ -328,7 +320,7 @@ fn logs(socket: &Path, service: String, follow: bool) -> anyhow::Result<()> {
             bail!("unexpected answer to a service logs request");
         };
         for entry in entries {
-            let short = &entry.task_id[..12.min(entry.task_id.len())];
+            let short = short_id(&entry.task_id);
             let tag = format!("{}.{short}@{}", entry.task_name, entry.node);
             match entry.stream {
                 Stream::Stdout => println!("{tag} | {}", entry.line),
@@ -341,6 +333,18 @@ fn logs(socket: &Path, service: String, follow: bool) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Parses repeated `KEY=VALUE` flags into a map, naming the flag of a malformed one.
+pub(crate) fn key_values(flag: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{flag} {kv:?} is not KEY=VALUE"))
+        })
+        .collect()
 }
 
 fn ports(service: &ServiceView) -> String {
