@@ -57,6 +57,12 @@ echo "$endpoints" | while read -r _ other ip; do
   printf '  %s → %s (%s): ' "$node" "$ip" "$other"
   meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" wget -q -T 3 -O - "http://$ip/" || echo "no answer"
 done
+echo
+echo "Tasks find each other by name: every task's resolver is Mesh's embedded DNS at 127.0.0.11."
+echo "  tasks.demo (every healthy task), as task $task on $node sees it:"
+meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" dig @127.0.0.11 +short tasks.demo | sed 's/^/    /'
+echo "  demo (the service's virtual IP):"
+meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" dig @127.0.0.11 +short demo | sed 's/^/    /'
 cat <<MSG
 
 Lab $LAB is up. Try:

@@ -34,6 +34,8 @@ pub enum ApiRequest {
     JoinToken { role: Role, rotate: bool },
     /// Managers, quorum and what is at risk.
     Info,
+    /// Add a new gossip key (nodes switch to it once every node has it).
+    GossipKeyRotate,
     /// Create a service.
     ServiceCreate(Box<ServiceSpec>),
     /// Every service.
@@ -50,8 +52,12 @@ pub enum ApiRequest {
     NetworkCreate(NetworkSpec),
     /// Every network.
     NetworkList,
-    /// One network, by name, ID or ID prefix.
-    NetworkInspect { network: String },
+    /// One network, by name, ID or ID prefix; `verbose` adds each host's endpoint table.
+    NetworkInspect {
+        network: String,
+        #[serde(default)]
+        verbose: bool,
+    },
     /// Remove a network no service or task uses.
     NetworkRemove { network: String },
     /// Output lines of a service's tasks after the given per-task line numbers.

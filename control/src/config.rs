@@ -113,6 +113,9 @@ pub struct ConfigFile {
     /// Where the process runtime finds images as OCI image layout tarballs (default
     /// <state_dir>/images).
     pub image_dir: Option<PathBuf>,
+    /// Resolvers the embedded DNS forwards names outside the cluster to, as `ip:port` or
+    /// `ip` (default: the nameservers of /etc/resolv.conf; `[]` forwards nothing).
+    pub dns_upstreams: Option<Vec<String>>,
 }
 
 impl ConfigFile {
@@ -150,6 +153,7 @@ impl ConfigFile {
             containerd_socket: flags.containerd_socket.or(self.containerd_socket),
             containerd_namespace: flags.containerd_namespace.or(self.containerd_namespace),
             image_dir: flags.image_dir.or(self.image_dir),
+            dns_upstreams: flags.dns_upstreams.or(self.dns_upstreams),
         }
     }
 
@@ -259,8 +263,17 @@ impl ConfigFile {
                 format!("{} is relative; give an absolute path", image_dir.display()),
             ));
         }
+        let dns_upstreams = match self.dns_upstreams {
+            Some(list) => Some(
+                list.iter()
+                    .map(|text| parse_upstream(text))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
         Ok(Config {
             runtime,
+            dns_upstreams,
             image_dir,
             node_down_after: std::time::Duration::from_millis(down_ms),
             node_name,
@@ -303,6 +316,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The process runtime's image directory.
     pub image_dir: PathBuf,
+    /// Where the embedded DNS forwards other names; None means /etc/resolv.conf's.
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 /// Which runtime runs this node's tasks.
@@ -317,6 +332,18 @@ pub enum RuntimeConfig {
         /// containerd namespace.
         namespace: String,
     },
+}
+
+/// `ip:port`, or `ip` meaning port 53.
+fn parse_upstream(text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            invalid(
+                "dns_upstreams",
+                format!("{text:?} is not an address; write \"192.0.2.53\" or \"192.0.2.53:53\""),
+            )
+        })
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -467,6 +494,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("control_socket"));
+    }
+
+    #[test]
+    fn dns_upstreams_take_addresses_with_or_without_port() {
+        assert_eq!(resolve("").unwrap().dns_upstreams, None);
+        let config = resolve("dns_upstreams = [\"198.18.0.9\", \"198.18.0.10:5353\"]").unwrap();
+        assert_eq!(
+            config.dns_upstreams,
+            Some(vec![
+                "198.18.0.9:53".parse().unwrap(),
+                "198.18.0.10:5353".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            resolve("dns_upstreams = []").unwrap().dns_upstreams,
+            Some(vec![])
+        );
+        let err = resolve("dns_upstreams = [\"resolver\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dns_upstreams") && err.contains("192.0.2.53"),
+            "{err}"
+        );
     }
 
     #[test]

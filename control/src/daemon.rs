@@ -96,6 +96,10 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
         manager: ManagerSettings {
             down_after: config.node_down_after,
         },
+        discovery: crate::discovery::DiscoverySettings {
+            gossip_port: config.gossip_port,
+            dns_upstreams: config.dns_upstreams.clone(),
+        },
     });
     if force_new_cluster {
         let recovered = cluster.force_new_cluster().map_err(DaemonError::Cluster)?;

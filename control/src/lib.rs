@@ -6,6 +6,8 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
+pub mod gossip;
 pub mod local_api;
 pub mod manager;
 pub mod network;

@@ -102,6 +102,7 @@ impl Fixture {
             env: vec!["GREETING=hi".into()],
             limits: Limits::default(),
             netns: self.netns.0.clone(),
+            resolv_conf: None,
         }
     }
 }
@@ -233,6 +234,23 @@ async fn tasks_run_in_containerd_with_output_limits_stop_and_adoption() {
         .map(str::trim)
         .collect();
     assert_eq!(interfaces, ["lo"]);
+
+    // A given resolv.conf is what the task sees, read-only.
+    let mut task = fixture.task(&[
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; echo x >> /etc/resolv.conf || echo read-only",
+    ]);
+    let resolv = std::env::temp_dir().join(format!("{}.resolv.conf", task.task_id));
+    std::fs::write(&resolv, "nameserver 127.0.0.11\n").unwrap();
+    task.resolv_conf = Some(resolv.clone());
+    let (status, lines) = run(&runtime, &task).await;
+    std::fs::remove_file(&resolv).unwrap();
+    assert_eq!(status, ExitStatus::Code(0), "{lines:?}");
+    assert_eq!(
+        text(&lines, Stream::Stdout),
+        ["nameserver 127.0.0.11", "read-only"]
+    );
 
     // Limits land in the container's cgroup; stop ends a task that ignores SIGTERM (sleep as
     // pid 1) with SIGKILL; remove leaves nothing.

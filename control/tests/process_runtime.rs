@@ -126,6 +126,7 @@ impl Fixture {
             env: vec!["GREETING=hi".into()],
             limits: Limits::default(),
             netns: self.netns.clone(),
+            resolv_conf: None,
         }
     }
 
@@ -206,6 +207,30 @@ async fn a_host_task_reports_output_exit_code_and_only_its_environment() {
             "{key} leaked into the task: {out:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_given_resolv_conf_is_what_the_task_sees_read_only() {
+    let Some(fx) = Fixture::new() else { return };
+    let script = "cat /etc/resolv.conf; echo x >> /etc/resolv.conf || echo read-only";
+    for image in ["mesh-test:latest", "host"] {
+        let mut spec = fx.spec(image, &["sh", "-c", script]);
+        let file = fx.state_dir().join(format!("{}.resolv.conf", spec.task_id));
+        std::fs::write(&file, "nameserver 127.0.0.11\n").unwrap();
+        spec.resolv_conf = Some(file);
+        let (status, lines) = fx.run(&spec).await;
+        assert_eq!(status, ExitStatus::Code(0), "{image}: {lines:?}");
+        assert_eq!(
+            stdout(&lines),
+            ["nameserver 127.0.0.11", "read-only"],
+            "{image}"
+        );
+    }
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(
+        !host.contains("127.0.0.11"),
+        "the host's resolv.conf changed"
+    );
 }
 
 #[tokio::test]

@@ -113,7 +113,7 @@ impl Lab {
         let containerd = self.containerd_expected(index).then(|| files.containerd());
         fs::write(
             files.config(),
-            daemon_config(&host, &files, containerd.as_ref()),
+            daemon_config(&host, &files, containerd.as_ref(), self.state.dns_upstream),
         )
         .map_err(LabError::io("writing", files.config()))?;
         let log = OpenOptions::new()
@@ -224,6 +224,7 @@ fn daemon_config(
     host: &HostState,
     files: &HostFiles,
     containerd: Option<&ContainerdFiles>,
+    dns_upstream: Option<std::net::Ipv4Addr>,
 ) -> String {
     let mut config = format!(
         "# Written by the lab for host {name}; the lab rewrites it on every start.\n\
@@ -233,7 +234,9 @@ fn daemon_config(
          data_path_port = {DATA_PATH_PORT}\n\
          state_dir = \"{state}\"\n\
          log_level = \"info\"\n\
-         image_dir = \"{images}\"\n",
+         image_dir = \"{images}\"\n\
+         dns_upstreams = [{upstream}]\n",
+        upstream = dns_upstream.map_or_else(String::new, |ip| format!("\"{ip}\"")),
         name = host.name,
         addr = host.address,
         state = files.state_dir().display(),

@@ -93,6 +93,21 @@ impl Lab {
                 link: spec.link,
                 meshd,
                 runtime: spec.runtime,
+                dns_upstream: match &spec.dns_upstream_host {
+                    Some(name) => Some(
+                        hosts
+                            .iter()
+                            .find(|h| &h.name == name)
+                            .map(|h| h.address)
+                            .ok_or_else(|| LabError::InvalidSpec {
+                                field: "dns_upstream_host",
+                                value: name.clone(),
+                                reason: "not a host of the lab; name one of its hosts, e.g. c1"
+                                    .into(),
+                            })?,
+                    ),
+                    None => None,
+                },
                 hosts: hosts
                     .iter()
                     .map(|plan| HostState {

@@ -184,6 +184,9 @@ pub struct LabSpec {
     pub form_cluster: bool,
     /// What runs tasks: with containerd, every manager and worker host gets its own.
     pub runtime: TaskRuntime,
+    /// A lab host (usually a client) whose address the daemons' embedded DNS forwards
+    /// outside names to; without one they forward nothing, so no query leaves the lab.
+    pub dns_upstream_host: Option<String>,
 }
 
 impl LabSpec {
@@ -198,6 +201,7 @@ impl LabSpec {
             start_daemons: true,
             form_cluster: true,
             runtime: TaskRuntime::Process,
+            dns_upstream_host: None,
         }
     }
 

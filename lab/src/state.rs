@@ -68,6 +68,9 @@ pub struct LabState {
     /// What runs meshd's tasks (labs recorded before there was a choice used processes).
     #[serde(default)]
     pub runtime: TaskRuntime,
+    /// Where the daemons' embedded DNS forwards outside names (a lab host's address).
+    #[serde(default)]
+    pub dns_upstream: Option<Ipv4Addr>,
     /// Hosts in creation order.
     pub hosts: Vec<HostState>,
     /// Cut host pairs, each stored once with the smaller name first.

@@ -105,6 +105,7 @@ fn direct_start(count: usize, image_dir: &std::path::Path) -> Result<Duration> {
                     env: vec![],
                     limits: Limits::default(),
                     netns: path,
+                    resolv_conf: None,
                 };
                 let (logs, _rx) = tokio::sync::mpsc::unbounded_channel();
                 runtime.start(&spec, logs).await?;

@@ -7,9 +7,9 @@ use crate::ctx::{Ctx, Outcome};
 
 mod control;
 mod dns;
+mod gossip;
 mod ingress;
 pub mod overlay;
-mod pending;
 mod raft;
 mod scheduler;
 
@@ -23,6 +23,6 @@ pub const ALL: &[(&str, Runner)] = &[
     ("raft", raft::run),
     ("dns", dns::run),
     ("control", control::run),
-    ("gossip", pending::gossip),
+    ("gossip", gossip::run),
     ("scheduler", scheduler::run),
 ];

@@ -14,14 +14,20 @@ const IMAGES_TTL: Duration = Duration::from_secs(3);
 pub(super) struct Describer {
     runtime: Arc<dyn Runtime>,
     underlay_ip: Option<std::net::Ipv4Addr>,
+    gossip_port: u16,
     cached: Mutex<Option<(Instant, NodeDescription)>>,
 }
 
 impl Describer {
-    pub(super) fn new(runtime: Arc<dyn Runtime>, underlay_ip: Option<std::net::Ipv4Addr>) -> Self {
+    pub(super) fn new(
+        runtime: Arc<dyn Runtime>,
+        underlay_ip: Option<std::net::Ipv4Addr>,
+        gossip_port: u16,
+    ) -> Self {
         Describer {
             runtime,
             underlay_ip,
+            gossip_port,
             cached: Mutex::new(None),
         }
     }
@@ -33,7 +39,8 @@ impl Describer {
                 return description.clone();
             }
         }
-        let description = describe_node(self.runtime.as_ref(), self.underlay_ip).await;
+        let description =
+            describe_node(self.runtime.as_ref(), self.underlay_ip, self.gossip_port).await;
         *cached = Some((Instant::now(), description.clone()));
         description
     }
@@ -44,6 +51,7 @@ impl Describer {
 pub async fn describe_node(
     runtime: &dyn Runtime,
     underlay_ip: Option<std::net::Ipv4Addr>,
+    gossip_port: u16,
 ) -> NodeDescription {
     let mut images = match runtime.images().await {
         Ok(images) => images,
@@ -63,6 +71,7 @@ pub async fn describe_node(
             .unwrap_or(0),
         images,
         underlay_mtu: underlay_ip.map_or(0, underlay_mtu),
+        gossip_port,
     }
 }
 

@@ -32,6 +32,8 @@ const MAX_QUEUED_LINES: usize = 20_000;
 const MAX_LINES_PER_REPORT: usize = 2_000;
 /// How long the dispatcher may hold a watch for new work.
 const WATCH_WAIT: Duration = Duration::from_millis(1500);
+/// How often an unchanged endpoint view is shipped anyway.
+const VIEW_REFRESH: Duration = Duration::from_secs(5);
 /// How long a stopped task has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -62,6 +64,14 @@ pub struct Agent {
     /// This node's underlay address (its VTEP), when it has an IPv4 one.
     underlay_ip: Option<std::net::Ipv4Addr>,
     overlay: dataplane::overlay::Overlay,
+    /// Gossip and the tasks' DNS servers.
+    discovery: Arc<crate::discovery::Discovery>,
+    /// A local task started, is stopping or ended: its endpoints change.
+    endpoints_changed: Notify,
+    /// One overlay convergence at a time.
+    converging: tokio::sync::Mutex<()>,
+    /// Digest of the endpoint view last shipped, and when.
+    view_shipped: Mutex<Option<(u64, std::time::Instant)>>,
     /// The dispatcher's last answer, which the overlay is built from.
     last: Mutex<Option<Arc<Assignments>>>,
     reconciling: tokio::sync::Mutex<()>,
@@ -76,14 +86,20 @@ impl Agent {
         state_dir: &std::path::Path,
         leader: Arc<LeaderClient>,
         underlay_ip: Option<std::net::Ipv4Addr>,
+        discovery: Arc<crate::discovery::Discovery>,
+        gossip_port: u16,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             node_id,
             underlay_ip,
+            discovery,
+            endpoints_changed: Notify::new(),
+            converging: tokio::sync::Mutex::new(()),
+            view_shipped: Mutex::new(None),
             overlay: dataplane::overlay::Overlay::new(state_dir.join("overlay")),
             last: Mutex::new(None),
             reconciling: tokio::sync::Mutex::new(()),
-            describer: describe::Describer::new(Arc::clone(&runtime), underlay_ip),
+            describer: describe::Describer::new(Arc::clone(&runtime), underlay_ip, gossip_port),
             runtime,
             netns_dir: state_dir.join("netns"),
             leader,
@@ -109,6 +125,8 @@ impl Agent {
         tokio::spawn(Arc::clone(&self).collect_lines(lines_rx));
         let watcher = tokio::spawn(Arc::clone(&self).watch_work(lines_tx.clone()));
         let _stop_watcher = AbortOnDrop(watcher);
+        let follower = tokio::spawn(Arc::clone(&self).follow_endpoints());
+        let _stop_follower = AbortOnDrop(follower);
         loop {
             let report = self.report().await;
             let shipped = report.logs.len();
@@ -147,6 +165,7 @@ impl Agent {
                 logs: Vec::new(),
                 known,
                 wait_ms: WATCH_WAIT.as_millis() as u64,
+                endpoint_view: None,
             };
             match client
                 .call(&Request::Agent(report), WATCH_WAIT + Duration::from_secs(3))
@@ -195,7 +214,26 @@ impl Agent {
             logs,
             known: 0,
             wait_ms: 0,
+            endpoint_view: self.endpoint_view_to_ship(),
         }
+    }
+
+    /// The gossip view of the endpoint table when it differs from the one last shipped, or
+    /// when that was long ago (a new leader has none).
+    fn endpoint_view_to_ship(&self) -> Option<Vec<crate::discovery::SeenEndpoint>> {
+        use std::hash::{Hash, Hasher};
+        let mut view = self.discovery.endpoints();
+        view.sort_by(|a, b| (&a.network_id, &a.task_id).cmp(&(&b.network_id, &b.task_id)));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        view.hash(&mut hasher);
+        let digest = hasher.finish();
+        let mut shipped = self.view_shipped.lock().expect("agent lock");
+        let fresh = shipped.is_some_and(|(d, at)| d == digest && at.elapsed() < VIEW_REFRESH);
+        if fresh {
+            return None;
+        }
+        *shipped = Some((digest, std::time::Instant::now()));
+        Some(view)
     }
 
     /// Makes the local tasks match the assignments.
@@ -219,7 +257,7 @@ impl Agent {
                 match wanted.get(&id) {
                     Some(a) if a.task.desired == DesiredState::Running => {
                         self.track(&id, TaskState::Running);
-                        tokio::spawn(Arc::clone(self).adopt(id, lines.clone()));
+                        tokio::spawn(Arc::clone(self).adopt(a.task.clone(), lines.clone()));
                     }
                     _ => {
                         self.track(&id, TaskState::Running);
@@ -285,6 +323,12 @@ impl Agent {
                 tokio::spawn(Arc::clone(self).remove(id));
             }
         }
+        // After the tasks are tracked: gossip's first publication from this node replaces
+        // everything it published before a restart, so it must list the adopted tasks.
+        if let Some(ip) = self.underlay_ip {
+            self.discovery.configure(ip, &assignments);
+        }
+        self.endpoints_changed.notify_one();
         self.apply_overlay().await;
     }
 
@@ -303,10 +347,12 @@ impl Agent {
         );
     }
 
+    /// A task about to stop leaves the endpoint table first.
     fn mark_stopping(&self, id: &str) {
         if let Some(task) = self.tasks.lock().expect("agent lock").get_mut(id) {
             task.stopping = true;
         }
+        self.endpoints_changed.notify_one();
     }
 
     /// Records a state and reports it at once.
@@ -323,6 +369,7 @@ impl Agent {
             task.exit = exit;
         }
         self.wake.notify_one();
+        self.endpoints_changed.notify_one();
     }
 
     fn is_stopping(&self, id: &str) -> bool {

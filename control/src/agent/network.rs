@@ -2,13 +2,16 @@
 //! overlay state, converged by the dataplane after every answer and before a task starts.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use dataplane::overlay::{HostOverlay, LocalEndpoint, NetworkPlan, RemoteEndpoint};
 
 use super::Agent;
+use crate::discovery::SeenEndpoint;
 use crate::network::mac_of;
 use crate::rpc::messages::Assignments;
 use crate::runtime::netns;
+use crate::service::TaskState;
 
 /// The dataplane names a network by the first 12 characters of its ID.
 fn plan_id(network_id: &str) -> String {
@@ -16,9 +19,10 @@ fn plan_id(network_id: &str) -> String {
 }
 
 /// The overlay this host must have: every network its live tasks use, with the local tasks
-/// whose namespaces exist, and every remote endpoint.
+/// whose namespaces exist, and every remote endpoint the gossip view holds.
 pub(super) fn desired(
     assignments: &Assignments,
+    seen: &[SeenEndpoint],
     node_id: crate::store::NodeId,
     underlay_ip: Ipv4Addr,
     netns_dir: &std::path::Path,
@@ -27,42 +31,38 @@ pub(super) fn desired(
         .networks
         .iter()
         .map(|net| {
-            let mut local = Vec::new();
-            let mut remote = Vec::new();
-            for endpoint in &net.endpoints {
-                if endpoint.node_id != node_id {
-                    remote.push(RemoteEndpoint {
-                        ip: endpoint.ip,
-                        mac: mac_of(endpoint.ip),
-                        vtep: endpoint.vtep,
-                    });
-                    continue;
-                }
-                let Some(task) = assignments
-                    .tasks
-                    .iter()
-                    .find(|a| a.task.id == endpoint.task_id)
-                else {
-                    continue;
-                };
-                let path = netns_dir.join(&endpoint.task_id);
-                if task.task.state.is_terminal() || !netns::is_pinned(&path) {
-                    continue;
-                }
-                let index = task
-                    .task
-                    .attachments
-                    .iter()
-                    .position(|a| a.network_id == net.network.id)
-                    .unwrap_or(0);
-                local.push(LocalEndpoint {
-                    task_id: endpoint.task_id.clone(),
-                    netns: path,
-                    ifname: format!("eth{index}"),
-                    ip: endpoint.ip,
-                    mac: mac_of(endpoint.ip),
-                });
-            }
+            let local = assignments
+                .tasks
+                .iter()
+                .filter(|a| !a.task.state.is_terminal())
+                .filter_map(|a| {
+                    let index = a
+                        .task
+                        .attachments
+                        .iter()
+                        .position(|n| n.network_id == net.network.id)?;
+                    let path = netns_dir.join(&a.task.id);
+                    netns::is_pinned(&path).then(|| {
+                        let ip = a.task.attachments[index].ip;
+                        LocalEndpoint {
+                            task_id: a.task.id.clone(),
+                            netns: path,
+                            ifname: format!("eth{index}"),
+                            ip,
+                            mac: mac_of(ip),
+                        }
+                    })
+                })
+                .collect();
+            let remote = seen
+                .iter()
+                .filter(|e| e.network_id == net.network.id && e.node_id != node_id)
+                .map(|e| RemoteEndpoint {
+                    ip: e.ip,
+                    mac: mac_of(e.ip),
+                    vtep: e.vtep,
+                })
+                .collect();
             NetworkPlan {
                 id: plan_id(&net.network.id),
                 vni: net.network.vni,
@@ -83,17 +83,84 @@ pub(super) fn desired(
 }
 
 impl Agent {
+    /// This host's endpoints: one per network of every task running here and not stopping.
+    fn local_endpoints(&self, assignments: &Assignments) -> Vec<SeenEndpoint> {
+        let Some(vtep) = self.underlay_ip else {
+            return Vec::new();
+        };
+        let tasks = self.tasks.lock().expect("agent lock");
+        let mut endpoints = Vec::new();
+        for assignment in &assignments.tasks {
+            let (task, Some(spec)) = (&assignment.task, &assignment.spec) else {
+                continue;
+            };
+            let running = tasks
+                .get(&task.id)
+                .is_some_and(|t| t.state == TaskState::Running && !t.stopping);
+            if !running {
+                continue;
+            }
+            for attachment in &task.attachments {
+                endpoints.push(SeenEndpoint {
+                    network_id: attachment.network_id.clone(),
+                    task_id: task.id.clone(),
+                    node_id: self.node_id,
+                    service_id: task.service_id.clone(),
+                    service_name: spec.name.clone(),
+                    task_name: task.name(&spec.name),
+                    slot: task.slot,
+                    ip: attachment.ip,
+                    vtep,
+                    // Health checks come with their own states; until then running is healthy.
+                    healthy: true,
+                });
+            }
+        }
+        endpoints
+    }
+
+    /// Keeps the endpoint table, the overlay and DNS in step: publishes this host's endpoints
+    /// when its tasks change, and converges the overlay and rebuilds the DNS zones when the
+    /// table changes.
+    pub(super) async fn follow_endpoints(self: Arc<Self>) {
+        let mut table = self.discovery.watch();
+        loop {
+            tokio::select! {
+                changed = table.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = self.endpoints_changed.notified() => {}
+            }
+            let Some(assignments) = self.last.lock().expect("agent lock").clone() else {
+                continue;
+            };
+            self.discovery.publish(self.local_endpoints(&assignments));
+            self.discovery.refresh_dns(&assignments);
+            self.apply_overlay().await;
+        }
+    }
+
     /// Converges the host's overlay to the last assignments. Failures are logged and retried
     /// with the next answer: the dataplane repairs whatever is missing.
     pub(super) async fn apply_overlay(&self) {
         let Some(underlay_ip) = self.underlay_ip else {
             return;
         };
+        let _one = self.converging.lock().await;
         let assignments = self.last.lock().expect("agent lock").clone();
         let Some(assignments) = assignments else {
             return;
         };
-        let plan = desired(&assignments, self.node_id, underlay_ip, &self.netns_dir);
+        let seen = self.discovery.endpoints();
+        let plan = desired(
+            &assignments,
+            &seen,
+            self.node_id,
+            underlay_ip,
+            &self.netns_dir,
+        );
         match self.overlay.apply(&plan).await {
             Ok(applied) if !applied.is_empty() => {
                 tracing::info!(changes = ?applied.changes, "overlay converged")

@@ -38,8 +38,15 @@ impl Agent {
             self.set_state(&id, TaskState::Shutdown, None, None);
             return;
         }
-        // Its interfaces on the overlay exist before its process does.
+        // Its interfaces on the overlay, and its DNS server, exist before its process does.
         self.apply_overlay().await;
+        let resolv_conf = match self.serve_dns(&task, &path).await {
+            Ok(file) => file,
+            Err(why) => {
+                self.set_state(&id, TaskState::Rejected, Some(why), None);
+                return;
+            }
+        };
         self.set_state(&id, TaskState::Starting, None, None);
         let run = TaskSpec {
             task_id: id.clone(),
@@ -51,6 +58,7 @@ impl Agent {
             env: spec.env.clone(),
             limits: spec.limits,
             netns: path,
+            resolv_conf,
         };
         match self.runtime.start(&run, lines).await {
             Ok(started) => {
@@ -68,11 +76,46 @@ impl Agent {
         }
     }
 
+    /// The task's DNS server, for a task on overlay networks: the resolv.conf it must see.
+    async fn serve_dns(
+        &self,
+        task: &TaskRecord,
+        netns: &std::path::Path,
+    ) -> Result<Option<std::path::PathBuf>, String> {
+        if task.attachments.is_empty() {
+            return Ok(None);
+        }
+        let networks = task
+            .attachments
+            .iter()
+            .map(|a| a.network_id.clone())
+            .collect();
+        let assignments = self
+            .last
+            .lock()
+            .expect("agent lock")
+            .clone()
+            .unwrap_or_default();
+        self.discovery
+            .serve_task(&task.id, netns, networks, &assignments)
+            .await
+            .map(Some)
+    }
+
     /// Watches a task an earlier agent started.
-    pub(super) async fn adopt(self: Arc<Self>, id: String, lines: mpsc::UnboundedSender<LogLine>) {
+    pub(super) async fn adopt(
+        self: Arc<Self>,
+        task: TaskRecord,
+        lines: mpsc::UnboundedSender<LogLine>,
+    ) {
+        let id = task.id.clone();
         match self.runtime.adopt(&id, lines).await {
             Ok(started) => {
                 tracing::info!(task = %id, "adopted a running task");
+                // Its resolv.conf still names 127.0.0.11; the server there went with meshd.
+                if let Err(why) = self.serve_dns(&task, &self.netns_path(&id)).await {
+                    tracing::warn!(task = %id, error = %why, "restarting an adopted task's DNS server");
+                }
                 self.watch(id, started).await;
             }
             Err(err) => {
@@ -114,6 +157,7 @@ impl Agent {
 
     /// Frees what a finished task held.
     pub(super) async fn remove(self: Arc<Self>, id: String) {
+        self.discovery.stop_task(&id);
         if let Err(err) = self.runtime.remove(&id).await {
             tracing::warn!(task = %id, error = %err, "removing a task");
         }

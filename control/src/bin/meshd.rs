@@ -66,6 +66,9 @@ struct Args {
     /// The process runtime's OCI image tarballs [default: <state-dir>/images].
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
+    /// A resolver tasks' DNS forwards outside names to, ip or ip:port (repeatable).
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
+    dns_upstreams: Vec<String>,
 }
 
 impl Args {
@@ -84,6 +87,7 @@ impl Args {
             containerd_socket: self.containerd_socket.clone(),
             containerd_namespace: self.containerd_namespace.clone(),
             image_dir: self.image_dir.clone(),
+            dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
         }
     }
 }

@@ -204,8 +204,30 @@ impl Manager {
                     rotate: false,
                 })
             }
+            ApiRequest::GossipKeyRotate => match self.rotate_gossip_key().await {
+                Ok(id) => done(format!(
+                    "gossip key {id} added; nodes encrypt with it from {} s on, and the oldest key beyond the last {} is dropped",
+                    crate::discovery::KEY_SPREAD.as_secs(),
+                    crate::store::GOSSIP_KEYS_KEPT
+                )),
+                Err(answer) => answer,
+            },
             read => self.answer_read(&read),
         }
+    }
+
+    /// Appends a fresh gossip key; returns its ID.
+    pub(super) async fn rotate_gossip_key(&self) -> Result<u32, ApiResponse> {
+        let newest = self.read(|s| {
+            s.cluster
+                .as_ref()
+                .and_then(|c| c.gossip_keys.last().map(|k| k.id))
+        });
+        let key =
+            crate::store::GossipKey::new(newest.unwrap_or(0) + 1).map_err(ApiResponse::Error)?;
+        let id = key.id;
+        self.apply(Command::AddGossipKey(key)).await?;
+        Ok(id)
     }
 
     async fn remove_node(&self, key: &str, force: bool) -> ApiResponse {
@@ -335,10 +357,15 @@ impl Manager {
             }
             ApiRequest::TaskList { services } => super::services::list_tasks(state, services),
             ApiRequest::NetworkList => super::networks::list_networks(state),
-            ApiRequest::NetworkInspect { network } => {
+            ApiRequest::NetworkInspect { network, verbose } => {
                 match crate::network::find_network(state, network) {
                     Ok(n) => {
-                        ApiResponse::Network(Box::new(crate::network::NetworkView::of(n, state)))
+                        let mut view = crate::network::NetworkView::of(n, state);
+                        if *verbose {
+                            let views = self.endpoint_views.lock().expect("endpoint views lock");
+                            view.host_views = super::networks::host_views(state, &view, &views);
+                        }
+                        ApiResponse::Network(Box::new(view))
                     }
                     Err(why) => ApiResponse::Error(why),
                 }

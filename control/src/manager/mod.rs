@@ -70,6 +70,11 @@ pub struct Manager {
     forward_client: Mutex<Option<Arc<crate::rpc::client::Client>>>,
     /// Recent task output, shipped by agents (only meaningful while leading).
     logs: Mutex<logs::LogBuffer>,
+    /// Each node's gossip view of the endpoint table, as last shipped, and when (only
+    /// meaningful while leading).
+    endpoint_views: Mutex<HashMap<NodeId, (u64, Vec<crate::discovery::SeenEndpoint>)>>,
+    /// This node's gossip, whose failure detection feeds liveness.
+    discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
 
 impl Manager {
@@ -120,6 +125,8 @@ impl Manager {
             last_seen: Mutex::new(HashMap::new()),
             forward_client: Mutex::new(None),
             logs: Mutex::new(logs::LogBuffer::default()),
+            discovery: Mutex::new(None),
+            endpoint_views: Mutex::new(HashMap::new()),
         });
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
         tokio::spawn(orchestrate::run(Arc::downgrade(&manager)));
@@ -144,6 +151,17 @@ impl Manager {
             .await
             .map_err(|e| ManagerError::Raft(e.to_string()))?;
         Ok(())
+    }
+
+    /// Gives liveness this node's gossip view.
+    pub fn set_discovery(&self, discovery: Arc<crate::discovery::Discovery>) {
+        *self.discovery.lock().expect("discovery lock") = Some(discovery);
+    }
+
+    /// Nodes this node's gossip has declared down.
+    fn gossip_down(&self) -> Vec<NodeId> {
+        let discovery = self.discovery.lock().expect("discovery lock").clone();
+        discovery.map(|d| d.down_nodes()).unwrap_or_default()
     }
 
     /// This manager's node ID.

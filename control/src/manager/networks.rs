@@ -3,12 +3,15 @@
 
 use super::orchestrate::{now_ms, random_id};
 use super::Manager;
+use crate::api::format_node_id;
 use crate::api::ApiResponse;
+use crate::discovery::SeenEndpoint;
 use crate::network::alloc::allocate_network;
 use crate::network::{
-    find_network, smallest_underlay_mtu, NetworkRecord, NetworkSpec, NetworkView,
+    find_network, smallest_underlay_mtu, HostView, NetworkRecord, NetworkSpec, NetworkView,
 };
-use crate::store::{ClusterState, Command};
+use crate::service::TaskState;
+use crate::store::{ClusterState, Command, NodeId};
 
 /// MTUs an overlay accepts: IPv4's minimum for a full header set, up to jumbo frames.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
@@ -114,4 +117,64 @@ fn mtu_warnings(state: &ClusterState, spec: &NetworkSpec) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Each host on the network with its gossip view of the network's endpoints, against the
+/// control plane's running tasks on it: what each host misses, and what it still holds.
+pub(super) fn host_views(
+    state: &ClusterState,
+    view: &NetworkView,
+    reported: &std::collections::HashMap<NodeId, (u64, Vec<SeenEndpoint>)>,
+) -> Vec<HostView> {
+    let hosts: std::collections::BTreeSet<NodeId> = state
+        .tasks
+        .values()
+        .filter(|t| !t.state.is_terminal())
+        .filter(|t| t.attachments.iter().any(|a| a.network_id == view.id))
+        .filter_map(|t| t.node_id)
+        .collect();
+    let running: Vec<&crate::network::EndpointView> = view
+        .endpoints
+        .iter()
+        .filter(|e| e.state == TaskState::Running.as_str())
+        .collect();
+    hosts
+        .into_iter()
+        .map(|node_id| {
+            let node = state
+                .nodes
+                .get(&node_id)
+                .map_or_else(|| format_node_id(node_id), |n| n.name.clone());
+            let (reported_ms, all) = reported.get(&node_id).cloned().unwrap_or_default();
+            let endpoints: Vec<SeenEndpoint> = all
+                .into_iter()
+                .filter(|e| e.network_id == view.id)
+                .collect();
+            let missing = running
+                .iter()
+                .filter(|r| {
+                    !endpoints
+                        .iter()
+                        .any(|e| e.task_id == r.task_id && e.ip == r.ip)
+                })
+                .map(|r| format!("{} {}", r.task, r.ip))
+                .collect();
+            let extra = endpoints
+                .iter()
+                .filter(|e| {
+                    !running
+                        .iter()
+                        .any(|r| r.task_id == e.task_id && r.ip == e.ip)
+                })
+                .map(|e| format!("{} {}", e.task_name, e.ip))
+                .collect();
+            HostView {
+                node,
+                reported_ms,
+                endpoints,
+                missing,
+                extra,
+            }
+        })
+        .collect()
 }

@@ -11,7 +11,8 @@ use crate::api::format_node_id;
 use crate::cluster::tls::PeerIdentity;
 use crate::orchestrator::reconcile;
 use crate::rpc::messages::{
-    AgentReport, Assignment, Assignments, Endpoint, NetworkAssignment, Response,
+    AgentReport, Assignment, Assignments, GossipAssignment, NetworkAssignment, Response,
+    ServiceOnNetwork,
 };
 use crate::service::{DesiredState, TaskOp};
 use crate::store::Command;
@@ -92,6 +93,10 @@ impl Manager {
         }
         self.seen(node_id);
         let now = now_ms();
+        if let Some(view) = report.endpoint_view {
+            let mut views = self.endpoint_views.lock().expect("endpoint views lock");
+            views.insert(node_id, (now, view));
+        }
         let (known, stale_description, changed) = self.read(|state| {
             let node = state.nodes.get(&node_id);
             let changed: Vec<TaskOp> = report
@@ -181,29 +186,48 @@ pub fn assignments_for(
         .map(|network| NetworkAssignment {
             network: network.clone(),
             mtu: crate::network::effective_mtu(state, network),
-            endpoints: state
-                .tasks
+            services: state
+                .services
                 .values()
-                .filter(|t| {
-                    !t.state.is_terminal() && t.state >= crate::service::TaskState::Assigned
-                })
-                .filter_map(|t| {
-                    let attachment = t.attachments.iter().find(|a| a.network_id == network.id)?;
-                    let node = state.nodes.get(&t.node_id?)?;
-                    Some(Endpoint {
-                        task_id: t.id.clone(),
-                        node_id: node.id,
-                        ip: attachment.ip,
-                        vtep: node_ip(&node.addr)?,
-                    })
+                .filter(|s| s.spec.networks.contains(&network.name))
+                .map(|s| ServiceOnNetwork {
+                    id: s.id.clone(),
+                    name: s.spec.name.clone(),
+                    vip: s
+                        .vips
+                        .iter()
+                        .find(|v| v.network_id == network.id)
+                        .map(|v| v.ip),
+                    ports: s.spec.ports.clone(),
                 })
                 .collect(),
         })
         .collect();
+    let gossip = GossipAssignment {
+        keys: state
+            .cluster
+            .as_ref()
+            .map(|c| c.gossip_keys.clone())
+            .unwrap_or_default(),
+        peers: state
+            .nodes
+            .values()
+            .filter(|n| n.id != node_id)
+            .filter_map(|n| {
+                let ip = node_ip(&n.addr)?;
+                let port = match n.description.gossip_port {
+                    0 => crate::config::DEFAULT_GOSSIP_PORT,
+                    port => port,
+                };
+                Some((n.id, std::net::SocketAddr::new(ip.into(), port)))
+            })
+            .collect(),
+    };
     let mut assignments = Assignments {
         tasks,
         networks,
         data_path_port: state.cluster.as_ref().map_or(4789, |c| c.data_path_port),
+        gossip,
         fingerprint: 0,
     };
     assignments.fingerprint = fingerprint(&assignments);

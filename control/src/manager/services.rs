@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::orchestrate::{now_ms, random_id};
 use super::Manager;
 use crate::api::ApiResponse;
+use crate::network::alloc::allocate_vips;
 use crate::service::spec::{PublishMode, ServiceMode, ServiceSpec};
 use crate::service::view::{find_service, LogEntry, ServiceView, TaskView};
 use crate::service::ServiceRecord;
@@ -29,13 +30,18 @@ impl Manager {
         }
         let now = now_ms();
         let id = random_id();
-        let record = ServiceRecord {
+        let mut record = ServiceRecord {
             id: id.clone(),
             spec,
             version: 1,
             created_ms: now,
             updated_ms: now,
+            vips: Vec::new(),
         };
+        match self.read(|state| allocate_vips(state, &record)) {
+            Ok(vips) => record.vips = vips,
+            Err(why) => return ApiResponse::Error(why),
+        }
         match self.apply(Command::CreateService(record)).await {
             Ok(()) => super::api::done(id),
             Err(answer) => answer,

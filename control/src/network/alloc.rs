@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use super::{NetworkRecord, NetworkSpec, Subnet};
+use super::{Attachment, NetworkRecord, NetworkSpec, Subnet};
 use crate::store::ClusterState;
 
 /// The first VNI Mesh hands out (Swarm starts at 4097 too, above VLAN IDs).
@@ -114,16 +114,45 @@ fn next_free_subnet(pool: Subnet, len: u8, taken: &[(Subnet, &str)]) -> Option<S
     None
 }
 
-/// Addresses on `network` held by tasks that have not ended.
+/// Addresses on `network` held by tasks that have not ended and by service VIPs.
 pub fn addresses_in_use(state: &ClusterState, network_id: &str) -> BTreeSet<Ipv4Addr> {
-    state
+    let tasks = state
         .tasks
         .values()
         .filter(|t| !t.state.is_terminal())
-        .flat_map(|t| &t.attachments)
+        .flat_map(|t| &t.attachments);
+    let vips = state.services.values().flat_map(|s| &s.vips);
+    tasks
+        .chain(vips)
         .filter(|a| a.network_id == network_id)
         .map(|a| a.ip)
         .collect()
+}
+
+/// One VIP on each of the service's networks (none in dnsrr mode), reusing those it holds.
+pub fn allocate_vips(
+    state: &ClusterState,
+    service: &crate::service::ServiceRecord,
+) -> Result<Vec<Attachment>, String> {
+    if service.spec.endpoint_mode == crate::service::spec::EndpointMode::Dnsrr {
+        return Ok(Vec::new());
+    }
+    let mut vips = Vec::new();
+    for name in &service.spec.networks {
+        let network = state
+            .network_named(name)
+            .ok_or_else(|| format!("--network {name}: no such network"))?;
+        if let Some(held) = service.vips.iter().find(|v| v.network_id == network.id) {
+            vips.push(held.clone());
+            continue;
+        }
+        let ip = free_address(network, &addresses_in_use(state, &network.id))?;
+        vips.push(Attachment {
+            network_id: network.id.clone(),
+            ip,
+        });
+    }
+    Ok(vips)
 }
 
 /// The lowest free host address of `network` (never the gateway), given the addresses in use.
@@ -162,6 +191,7 @@ mod tests {
                 default_addr_pool: "10.0.0.0/16".into(),
                 default_addr_pool_mask_length: 24,
                 created_unix: 0,
+                gossip_keys: Vec::new(),
             }),
             ..Default::default()
         }
@@ -322,5 +352,42 @@ mod tests {
         let full: BTreeSet<Ipv4Addr> = net.subnet.hosts().collect();
         let err = free_address(&net, &full).unwrap_err();
         assert!(err.contains("no free address in 10.1.0.0/29"), "{err}");
+    }
+
+    #[test]
+    fn vip_services_hold_one_address_per_network_and_dnsrr_none() {
+        use crate::service::spec::EndpointMode;
+        use crate::service::ServiceRecord;
+        let mut s = state();
+        let net = add(
+            &mut s,
+            "a",
+            NetworkSpec {
+                subnet: Some("10.1.0.0/29".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut service = ServiceRecord {
+            id: "s1".into(),
+            spec: crate::service::spec::ServiceSpec {
+                networks: vec!["a".into()],
+                ..crate::service::spec::tests::spec("web")
+            },
+            version: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            vips: Vec::new(),
+        };
+        let vips = allocate_vips(&s, &service).unwrap();
+        assert_eq!(vips.len(), 1);
+        assert_eq!(vips[0].ip, Ipv4Addr::new(10, 1, 0, 2));
+        // Held VIPs are kept, and count as used for everyone else.
+        service.vips = vips.clone();
+        assert_eq!(allocate_vips(&s, &service).unwrap(), vips);
+        s.services.insert("s1".into(), service.clone());
+        assert!(addresses_in_use(&s, &net.id).contains(&Ipv4Addr::new(10, 1, 0, 2)));
+        service.spec.endpoint_mode = EndpointMode::Dnsrr;
+        assert!(allocate_vips(&s, &service).unwrap().is_empty());
     }
 }

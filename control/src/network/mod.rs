@@ -220,6 +220,24 @@ pub struct NetworkView {
     pub labels: BTreeMap<String, String>,
     /// Tasks attached now.
     pub endpoints: Vec<EndpointView>,
+    /// With `--verbose`: each host's gossip view of this network's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_views: Vec<HostView>,
+}
+
+/// One host's view of a network's endpoint table, and how it differs from the control plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    /// Node name.
+    pub node: String,
+    /// Milliseconds since the epoch of its last report of the view.
+    pub reported_ms: u64,
+    /// Its endpoints on the network, as `task name  ip  vtep  healthy`.
+    pub endpoints: Vec<crate::discovery::SeenEndpoint>,
+    /// Running tasks the control plane has on the network that this host does not see.
+    pub missing: Vec<String>,
+    /// Endpoints this host sees that the control plane has no running task for.
+    pub extra: Vec<String>,
 }
 
 /// A task's attachment as `network inspect` shows it.
@@ -276,6 +294,7 @@ impl NetworkView {
             attachable: network.attachable,
             labels: network.labels.clone(),
             endpoints,
+            host_views: Vec::new(),
         }
     }
 }

@@ -23,7 +23,8 @@ use crate::manager::{Manager, ManagerSettings};
 use crate::rpc::client::Client;
 use crate::rpc::messages::{JoinRequest, Request, Response};
 use crate::store::{
-    Availability, ClusterInfo, Command, CommandResult, NodeRecord, NodeStatus, Role,
+    Availability, ClusterInfo, Command, CommandResult, GossipKey, NodeId, NodeRecord, NodeStatus,
+    Role,
 };
 
 /// What `swarm init` may set.
@@ -110,6 +111,10 @@ pub struct ClusterNode {
     pub(super) settings: ManagerSettings,
     pub(super) running: Mutex<Option<Running>>,
     pub(super) task_runtime: Arc<dyn crate::runtime::Runtime>,
+    pub(super) discovery: crate::discovery::DiscoverySettings,
+    /// Gossip and task DNS, kept across restarts of the cluster side (a role change) so that
+    /// peers never see this node leave and come back.
+    pub(super) discovery_running: std::sync::Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
 
 /// Node-side settings from meshd's configuration.
@@ -128,6 +133,8 @@ pub struct NodeSettings {
     pub manager: ManagerSettings,
     /// What runs this node's tasks.
     pub runtime: Arc<dyn crate::runtime::Runtime>,
+    /// Gossip and DNS.
+    pub discovery: crate::discovery::DiscoverySettings,
 }
 
 impl ClusterNode {
@@ -145,6 +152,8 @@ impl ClusterNode {
             settings: settings.manager,
             running: Mutex::new(None),
             task_runtime: settings.runtime,
+            discovery: settings.discovery,
+            discovery_running: std::sync::Mutex::new(None),
         }
     }
 
@@ -201,6 +210,7 @@ impl ClusterNode {
         let tls = credentials.client_config().map_err(|e| e.to_string())?;
         let managers: Vec<String> = membership.managers.iter().map(|(_, a)| a.clone()).collect();
         let mut tasks = Vec::new();
+        let discovery = self.discovery_for(membership.node_id);
         let manager = if membership.role == Role::Manager {
             let listen: SocketAddr = self.listen_for(membership)?;
             let listener = TcpListener::bind(listen)
@@ -240,12 +250,17 @@ impl ClusterNode {
                 IpAddr::V4(ip) => Some(ip),
                 IpAddr::V6(_) => None,
             });
+        if let Some(manager) = &manager {
+            manager.set_discovery(Arc::clone(&discovery));
+        }
         let agent = crate::agent::Agent::new(
             membership.node_id,
             Arc::clone(&self.task_runtime),
             &self.state_dir,
             Arc::clone(&leader),
             underlay_ip,
+            Arc::clone(&discovery),
+            self.discovery.gossip_port,
         );
         tasks.push(tokio::spawn(agent.run()));
         tracing::info!(node_id = %format_node_id(membership.node_id), role = ?membership.role, cluster = %membership.cluster_id, "cluster member");
@@ -255,6 +270,33 @@ impl ClusterNode {
             leader,
             tasks,
         })
+    }
+
+    /// This node's discovery: the running one when it belongs to the same node ID, else a new
+    /// one (after a leave and a join the node has a new ID).
+    fn discovery_for(&self, node_id: NodeId) -> Arc<crate::discovery::Discovery> {
+        let mut running = self.discovery_running.lock().expect("discovery lock");
+        if let Some(discovery) = running.as_ref().filter(|d| d.node_id() == node_id) {
+            return Arc::clone(discovery);
+        }
+        if let Some(old) = running.take() {
+            old.shutdown();
+        }
+        let discovery = crate::discovery::Discovery::new(node_id, &self.discovery, &self.state_dir);
+        *running = Some(Arc::clone(&discovery));
+        discovery
+    }
+
+    /// Stops gossip: this node leaves the cluster.
+    pub(super) fn stop_discovery(&self) {
+        if let Some(discovery) = self
+            .discovery_running
+            .lock()
+            .expect("discovery lock")
+            .take()
+        {
+            discovery.shutdown();
+        }
     }
 
     fn listen_for(&self, membership: &Membership) -> Result<SocketAddr, String> {
@@ -341,6 +383,7 @@ impl ClusterNode {
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            gossip_keys: vec![GossipKey::new(1)?],
         };
         let digest = ca.digest().map_err(|e| e.to_string())?;
         let tokens = (
@@ -484,7 +527,8 @@ impl ClusterNode {
             IpAddr::V4(ip) => Some(ip),
             IpAddr::V6(_) => None,
         };
-        crate::agent::describe_node(self.task_runtime.as_ref(), underlay_ip).await
+        let gossip_port = self.discovery.gossip_port;
+        crate::agent::describe_node(self.task_runtime.as_ref(), underlay_ip, gossip_port).await
     }
 
     /// A cluster API call from the local meshctl.

@@ -121,6 +121,7 @@ impl ClusterNode {
             tracing::warn!(error = %why, "leaving without the leader's agreement (--force)");
         }
         stop(running.take().expect("checked above")).await;
+        self.stop_discovery();
         crate::agent::clear_node(self.task_runtime.as_ref(), &self.state_dir).await;
         for dir in [
             super::identity::dir(&self.state_dir),

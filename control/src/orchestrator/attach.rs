@@ -24,12 +24,12 @@ pub(super) fn attached(state: &ClusterState, task: &TaskRecord) -> bool {
 
 pub(super) fn attach(state: &ClusterState, tasks: &mut BTreeMap<String, TaskRecord>) {
     let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for task in tasks.values().filter(|t| !t.state.is_terminal()) {
-        for attachment in &task.attachments {
-            used.entry(attachment.network_id.clone())
-                .or_default()
-                .insert(attachment.ip);
-        }
+    let live = tasks.values().filter(|t| !t.state.is_terminal());
+    let vips = state.services.values().flat_map(|s| &s.vips);
+    for attachment in live.flat_map(|t| &t.attachments).chain(vips) {
+        used.entry(attachment.network_id.clone())
+            .or_default()
+            .insert(attachment.ip);
     }
     let waiting: Vec<String> = tasks
         .values()

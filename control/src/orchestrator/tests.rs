@@ -28,6 +28,7 @@ fn node(id: NodeId, name: &str, role: Role) -> NodeRecord {
             memory_bytes: 4 << 30,
             images: vec![IMAGE.into()],
             underlay_mtu: 1500,
+            gossip_port: 7946,
         },
     }
 }
@@ -89,6 +90,7 @@ impl World {
             version: 1,
             created_ms: self.now,
             updated_ms: self.now,
+            vips: Vec::new(),
         }));
         assert_eq!(result, crate::store::CommandResult::Ok);
         id

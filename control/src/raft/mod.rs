@@ -59,6 +59,7 @@ mod tests {
                 default_addr_pool: "10.0.0.0/8".into(),
                 default_addr_pool_mask_length: 24,
                 created_unix: 0,
+                gossip_keys: Vec::new(),
             };
             let entry = Entry::<TypeConfig> {
                 log_id: log_id(1, 1, 1),

@@ -11,8 +11,9 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::network::NetworkRecord;
 use crate::raft::typ::{NodeId, TypeConfig};
 use crate::runtime::Stream;
+use crate::service::spec::PortConfig;
 use crate::service::{ServiceSpec, TaskRecord, TaskReport};
-use crate::store::{NodeDescription, Role};
+use crate::store::{GossipKey, NodeDescription, Role};
 
 /// A request on the cluster port. Only `Join` is served to a peer without a certificate; the
 /// Raft requests and `Api` only to managers.
@@ -56,6 +57,10 @@ pub struct AgentReport {
     pub known: u64,
     #[serde(default)]
     pub wait_ms: u64,
+    /// Its gossip view of the endpoint table, when it changed (and now and then regardless),
+    /// for `network inspect --verbose`.
+    #[serde(default)]
+    pub endpoint_view: Option<Vec<crate::discovery::SeenEndpoint>>,
 }
 
 /// One output line of a task, as an agent ships it.
@@ -83,6 +88,9 @@ pub struct Assignments {
     pub networks: Vec<NetworkAssignment>,
     /// The cluster's VXLAN port.
     pub data_path_port: u16,
+    /// Keys and peers for gossip.
+    #[serde(default)]
+    pub gossip: GossipAssignment,
     /// A digest of everything above, for the agent's next `known`.
     pub fingerprint: u64,
 }
@@ -94,21 +102,31 @@ pub struct NetworkAssignment {
     pub network: NetworkRecord,
     /// The MTU its interfaces get.
     pub mtu: u32,
-    /// Every task attached to it that is placed and has not ended, on any node.
-    pub endpoints: Vec<Endpoint>,
+    /// Every service attached to it. Its tasks' endpoints arrive by gossip, straight from the
+    /// hosts that run them.
+    pub services: Vec<ServiceOnNetwork>,
 }
 
-/// A task's address on a network and the host it is on.
+/// A service as the hosts on one of its networks need it: for DNS and load balancing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// The task.
-    pub task_id: String,
-    /// Its node.
-    pub node_id: NodeId,
-    /// Its address.
-    pub ip: std::net::Ipv4Addr,
-    /// Its node's underlay address (the VXLAN tunnel endpoint).
-    pub vtep: std::net::Ipv4Addr,
+pub struct ServiceOnNetwork {
+    /// Service ID.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Its VIP on this network (endpoint mode vip), or None (dnsrr).
+    pub vip: Option<std::net::Ipv4Addr>,
+    /// Published ports, for SRV records.
+    pub ports: Vec<PortConfig>,
+}
+
+/// How this node takes part in gossip.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipAssignment {
+    /// The cluster's gossip keys, oldest first.
+    pub keys: Vec<GossipKey>,
+    /// Every other node's gossip address.
+    pub peers: Vec<(NodeId, std::net::SocketAddr)>,
 }
 
 /// A task for an agent: its record and the spec of its service.

@@ -175,6 +175,7 @@ impl ContainerdRuntime {
             uid_gid: image.config.uid_gid(),
             hostname: hostname(id),
             netns: spec.netns.clone(),
+            resolv_conf: spec.resolv_conf.clone(),
             cgroups_path: self.cgroups_path(id),
             limits: spec.limits,
         });

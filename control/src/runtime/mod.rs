@@ -38,6 +38,9 @@ pub struct TaskSpec {
     pub limits: Limits,
     /// The network namespace the task must join (a bind-mounted nsfs file).
     pub netns: PathBuf,
+    /// A file the task sees as /etc/resolv.conf (pointing at the embedded DNS server), or
+    /// `None` to leave the image's own.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl TaskSpec {
@@ -183,6 +186,7 @@ mod tests {
             env: vec!["A=1".into(), "MESH_TASK_ID=forged".into()],
             limits: Limits::default(),
             netns: PathBuf::from("/x"),
+            resolv_conf: None,
         };
         assert_eq!(
             spec.environment(),

@@ -219,6 +219,7 @@ impl ProcessRuntime {
             working_dir: &config.working_dir,
             netns: &spec.netns,
             cgroups: &cgroups,
+            resolv_conf: spec.resolv_conf.as_deref(),
         })
     }
 

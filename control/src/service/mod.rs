@@ -23,4 +23,8 @@ pub struct ServiceRecord {
     pub created_ms: u64,
     /// When the spec last changed.
     pub updated_ms: u64,
+    /// Its virtual IP on each network (endpoint mode vip): DNS answers the service name with
+    /// it, and the load balancer spreads connections to it over the healthy tasks.
+    #[serde(default)]
+    pub vips: Vec<crate::network::Attachment>,
 }

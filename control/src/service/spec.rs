@@ -341,7 +341,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn spec(name: &str) -> ServiceSpec {

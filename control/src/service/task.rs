@@ -105,6 +105,20 @@ pub struct TaskRecord {
     pub attachments: Vec<crate::network::Attachment>,
 }
 
+impl TaskRecord {
+    /// Its name: `service.slot`, or `service.node-id` for a global service's task.
+    pub fn name(&self, service_name: &str) -> String {
+        if self.slot > 0 {
+            format!("{service_name}.{}", self.slot)
+        } else {
+            let node = self
+                .node_id
+                .map_or_else(String::new, crate::api::format_node_id);
+            format!("{service_name}.{node}")
+        }
+    }
+}
+
 /// A change to the tasks, batched in one Raft entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TaskOp {

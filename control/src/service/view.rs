@@ -32,6 +32,9 @@ pub struct ServiceView {
     pub updated_ms: u64,
     /// The whole spec.
     pub spec: ServiceSpec,
+    /// Its virtual IP on each network, as `network-name=ip`.
+    #[serde(default)]
+    pub virtual_ips: Vec<String>,
 }
 
 impl ServiceView {
@@ -61,6 +64,17 @@ impl ServiceView {
             created_ms: service.created_ms,
             updated_ms: service.updated_ms,
             spec: service.spec.clone(),
+            virtual_ips: service
+                .vips
+                .iter()
+                .map(|vip| {
+                    let network = state
+                        .networks
+                        .get(&vip.network_id)
+                        .map_or(vip.network_id.as_str(), |n| n.name.as_str());
+                    format!("{network}={}", vip.ip)
+                })
+                .collect(),
         }
     }
 }
@@ -105,15 +119,7 @@ impl TaskView {
             .node_id
             .and_then(|id| state.nodes.get(&id))
             .map_or_else(String::new, |n| n.name.clone());
-        let name = if task.slot > 0 {
-            format!("{service_name}.{}", task.slot)
-        } else {
-            format!(
-                "{service_name}.{}",
-                task.node_id
-                    .map_or_else(String::new, crate::api::format_node_id)
-            )
-        };
+        let name = task.name(&service_name);
         TaskView {
             id: task.id.clone(),
             name,

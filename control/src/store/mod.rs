@@ -65,7 +65,52 @@ pub struct ClusterInfo {
     pub default_addr_pool_mask_length: u8,
     /// Seconds since the epoch at init.
     pub created_unix: u64,
+    /// Keys that authenticate and encrypt gossip, oldest first; rotation appends one and
+    /// keeps the last few, so nodes that have not heard of the newest still understand.
+    #[serde(default)]
+    pub gossip_keys: Vec<GossipKey>,
 }
+
+/// A gossip key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKey {
+    /// Sequence number: the first key is 1.
+    pub id: u32,
+    /// 32 random bytes, hex.
+    pub secret_hex: String,
+    /// Milliseconds since the epoch it was made.
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipKey")
+            .field("id", &self.id)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipKey {
+    /// A fresh random key.
+    pub fn new(id: u32) -> Result<Self, String> {
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut secret = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| "no randomness available".to_string())?;
+        Ok(GossipKey {
+            id,
+            secret_hex: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        })
+    }
+}
+
+/// How many gossip keys the cluster keeps.
+pub const GOSSIP_KEYS_KEPT: usize = 3;
 
 // Secrets and the CA key never reach logs.
 impl std::fmt::Debug for ClusterInfo {
@@ -115,6 +160,9 @@ pub struct NodeDescription {
     /// MTU of the interface carrying its underlay address (0 before it reports one).
     #[serde(default)]
     pub underlay_mtu: u32,
+    /// UDP and TCP port its gossip listens on (0 before it reports one: the default).
+    #[serde(default)]
+    pub gossip_port: u16,
 }
 
 /// A change to the cluster store; the Raft log is a sequence of these.
@@ -139,6 +187,8 @@ pub enum Command {
     RemoveNode { id: NodeId },
     /// A join token was rotated.
     RotateSecret { role: Role, secret: String },
+    /// A new gossip key; the oldest beyond `GOSSIP_KEYS_KEPT` is dropped.
+    AddGossipKey(GossipKey),
     /// A node's agent reported a new description.
     DescribeNode {
         id: NodeId,
@@ -255,6 +305,21 @@ impl ClusterState {
                     Role::Manager => cluster.manager_secret = secret,
                 }
             }
+            Command::AddGossipKey(key) => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return refused("the cluster is not initialized".into());
+                };
+                let newest = cluster.gossip_keys.last().map_or(0, |k| k.id);
+                if key.id != newest + 1 {
+                    return refused(format!(
+                        "gossip key {} is stale: the newest is {newest}; rotate again",
+                        key.id
+                    ));
+                }
+                cluster.gossip_keys.push(key);
+                let excess = cluster.gossip_keys.len().saturating_sub(GOSSIP_KEYS_KEPT);
+                cluster.gossip_keys.drain(..excess);
+            }
             Command::DescribeNode { id, description } => {
                 let Some(node) = self.nodes.get_mut(&id) else {
                     return refused(format!("no node with ID {id}"));
@@ -273,6 +338,16 @@ impl ClusterState {
                         "a service named {} already exists; choose another --name, or change it with `meshctl service update`",
                         service.spec.name
                     ));
+                }
+                // Two creates racing for one address: the later one is refused here.
+                for vip in &service.vips {
+                    let used = crate::network::alloc::addresses_in_use(self, &vip.network_id);
+                    if used.contains(&vip.ip) {
+                        return refused(format!(
+                            "VIP {} was taken by a concurrent change; create the service again",
+                            vip.ip
+                        ));
+                    }
                 }
                 self.services.insert(service.id.clone(), service);
             }
@@ -438,6 +513,7 @@ mod tests {
             default_addr_pool: "10.0.0.0/8".into(),
             default_addr_pool_mask_length: 24,
             created_unix: 0,
+            gossip_keys: Vec::new(),
         }
     }
 

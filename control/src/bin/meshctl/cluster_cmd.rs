@@ -68,6 +68,9 @@ pub enum SwarmCommand {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Rotate the key that authenticates and encrypts gossip (managers also rotate it
+    /// every 24 hours). Nodes accept the old keys while the new one spreads.
+    RotateGossipKey,
 }
 
 /// Node management (on a manager).
@@ -273,6 +276,13 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
                 }
                 println!("To add a {} to this cluster, run on it:\n\n    meshctl swarm join --token {token} <MANAGER-ADDRESS>:2377", role_name(role));
             }
+        }
+        SwarmCommand::RotateGossipKey => {
+            let ApiResponse::Done { message, .. } = cluster(socket, ApiRequest::GossipKeyRotate)?
+            else {
+                bail!("unexpected answer to a gossip key rotation");
+            };
+            println!("{message}");
         }
     }
     Ok(ExitCode::SUCCESS)

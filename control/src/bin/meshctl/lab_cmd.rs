@@ -125,6 +125,10 @@ pub struct UpArgs {
     /// and worker (started before meshd, with the lab's images imported).
     #[arg(long, value_enum, default_value_t)]
     runtime: RuntimeArg,
+    /// A lab host (e.g. c1) whose address tasks' DNS forwards outside names to; run a
+    /// resolver there. Without it, outside names get SERVFAIL and no query leaves the lab.
+    #[arg(long, value_name = "HOST")]
+    dns_upstream: Option<String>,
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -185,6 +189,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 start_daemons: !args.no_daemons,
                 form_cluster: !args.no_cluster && !args.no_daemons,
                 runtime: args.runtime.into(),
+                dns_upstream_host: args.dns_upstream.clone(),
             };
             let lab = Lab::up(&spec)?;
             println!(

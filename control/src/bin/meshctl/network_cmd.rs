@@ -46,6 +46,10 @@ pub enum NetworkCommand {
     },
     /// Show networks and their attached tasks as JSON.
     Inspect {
+        /// Add each host's gossip view of the endpoint table, with what it misses or still
+        /// holds compared with the control plane.
+        #[arg(long, short)]
+        verbose: bool,
         /// Networks (name, ID or ID prefix).
         #[arg(required = true)]
         networks: Vec<String>,
@@ -125,11 +129,11 @@ pub fn network(socket: &Path, command: NetworkCommand) -> anyhow::Result<ExitCod
                 },
             );
         }
-        NetworkCommand::Inspect { networks } => {
+        NetworkCommand::Inspect { verbose, networks } => {
             let mut views: Vec<NetworkView> = Vec::new();
             for network in networks {
                 let ApiResponse::Network(view) =
-                    cluster(socket, ApiRequest::NetworkInspect { network })?
+                    cluster(socket, ApiRequest::NetworkInspect { network, verbose })?
                 else {
                     bail!("unexpected answer to a network inspect request");
                 };

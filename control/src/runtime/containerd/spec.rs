@@ -117,6 +117,8 @@ pub struct SpecInput {
     pub cgroups_path: String,
     /// CPU and memory ceilings.
     pub limits: Limits,
+    /// Bound read-only over /etc/resolv.conf when given.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The process's arguments: the image's entrypoint, then the task's command, or the image's
@@ -185,7 +187,7 @@ pub fn runtime_spec(input: &SpecInput) -> Value {
         resources["cpu"] = json!({"quota": quota, "period": CPU_PERIOD_US});
     }
     let (uid, gid) = input.uid_gid;
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -225,7 +227,12 @@ pub fn runtime_spec(input: &SpecInput) -> Value {
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },
-    })
+    });
+    if let (Some(file), Some(mounts)) = (&input.resolv_conf, spec["mounts"].as_array_mut()) {
+        let source = file.to_string_lossy();
+        mounts.push(mount("/etc/resolv.conf", "bind", &source, &["rbind", "ro"]));
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -244,6 +251,7 @@ mod tests {
             uid_gid: (0, 0),
             hostname: hostname("0123456789abcdefghijklmno"),
             netns: PathBuf::from("/run/mesh/netns/t1"),
+            resolv_conf: None,
             cgroups_path: cgroups_path("/mesh-lab/demo/w1/", "t1"),
             limits: Limits {
                 nano_cpus: 500_000_000,

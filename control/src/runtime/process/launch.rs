@@ -34,6 +34,8 @@ pub(super) struct Launch<'a> {
     pub working_dir: &'a str,
     pub netns: &'a Path,
     pub cgroups: &'a TaskCgroups,
+    /// Bound over /etc/resolv.conf when given.
+    pub resolv_conf: Option<&'a Path>,
 }
 
 /// The mounts of a task with an image rootfs.
@@ -43,6 +45,7 @@ struct RootfsMounts {
     dev: CString,
     proc: CString,
     tmp: CString,
+    etc: CString,
 }
 
 /// Everything the pre-exec hook needs, prepared before fork.
@@ -56,6 +59,8 @@ struct Prepared {
     /// namespace, so that it does not keep them alive.
     nsfs_mounts: Vec<CString>,
     rootfs: Option<RootfsMounts>,
+    /// The file to bind, and where /etc/resolv.conf is before the root changes.
+    resolv_conf: Option<(CString, CString)>,
     working_dir: CString,
     pid_file: CString,
     exit_tmp: CString,
@@ -104,6 +109,16 @@ pub(super) fn spawn(launch: &Launch) -> Result<tokio::process::Child, RuntimeErr
         Some(lower) => Some(rootfs_mounts(lower, dir)?),
         None => None,
     };
+    let resolv_conf = match launch.resolv_conf {
+        Some(file) => {
+            let target = match launch.rootfs {
+                Some(_) => dir.join("merged/etc/resolv.conf"),
+                None => Path::new("/etc/resolv.conf").to_path_buf(),
+            };
+            Some((c_path(file)?, c_path(&target)?))
+        }
+        None => None,
+    };
     let prepared = Prepared {
         procs_fds: procs.iter().map(|f| f.as_raw_fd()).collect(),
         netns_fd: netns.as_raw_fd(),
@@ -119,6 +134,7 @@ pub(super) fn spawn(launch: &Launch) -> Result<tokio::process::Child, RuntimeErr
             .map(|m| c_path(&m.point))
             .collect::<Result<_, _>>()?,
         rootfs,
+        resolv_conf,
         working_dir: CString::new(launch.working_dir)
             .map_err(|_| RuntimeError::Failed("the working directory contains a NUL".into()))?,
         pid_file: c_path(&dir.join("pid"))?,
@@ -177,6 +193,7 @@ fn rootfs_mounts(lower: &Path, dir: &Path) -> Result<RootfsMounts, RuntimeError>
         dev: c_path(&merged.join("dev"))?,
         proc: c_path(&merged.join("proc"))?,
         tmp: c_path(&merged.join("tmp"))?,
+        etc: c_path(&merged.join("etc"))?,
     })
 }
 
@@ -271,6 +288,7 @@ fn task(p: &Prepared) -> io::Result<()> {
                 libc::mkdir(r.dev.as_ptr(), 0o755);
                 libc::mkdir(r.proc.as_ptr(), 0o555);
                 libc::mkdir(r.tmp.as_ptr(), 0o1777);
+                libc::mkdir(r.etc.as_ptr(), 0o755);
                 let bind = libc::MS_BIND | libc::MS_REC;
                 if mount(Some(c"/dev"), &r.dev, None, bind, None) != 0 {
                     return Err(fail(b"binding /dev"));
@@ -295,6 +313,7 @@ fn task(p: &Prepared) -> io::Result<()> {
                 {
                     return Err(fail(b"mounting /tmp"));
                 }
+                bind_resolv_conf(p, true)?;
                 if libc::chdir(r.merged.as_ptr()) != 0 {
                     return Err(fail(b"entering the rootfs"));
                 }
@@ -321,10 +340,40 @@ fn task(p: &Prepared) -> io::Result<()> {
                 {
                     return Err(fail(b"mounting /proc"));
                 }
+                bind_resolv_conf(p, false)?;
             }
         }
         if libc::chdir(p.working_dir.as_ptr()) != 0 {
             return Err(fail(b"entering the working directory"));
+        }
+    }
+    Ok(())
+}
+
+/// Binds the task's resolv.conf read-only over /etc/resolv.conf (created if the image lacks
+/// one; in the overlay's upper layer, so the image is untouched).
+fn bind_resolv_conf(p: &Prepared, create: bool) -> io::Result<()> {
+    let Some((source, target)) = &p.resolv_conf else {
+        return Ok(());
+    };
+    // SAFETY: NUL-terminated paths prepared before fork; open, close and mount are
+    // async-signal-safe.
+    unsafe {
+        // Never create files on the host's own filesystem.
+        if create {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            let fd = libc::open(target.as_ptr(), flags, 0o644);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+        }
+        let bind = libc::MS_BIND;
+        if mount(Some(source), target, None, bind, None) != 0 {
+            return Err(fail(b"binding /etc/resolv.conf"));
+        }
+        let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        if mount(None, target, None, read_only, None) != 0 {
+            return Err(fail(b"making /etc/resolv.conf read-only"));
         }
     }
     Ok(())
