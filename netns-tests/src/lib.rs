@@ -81,15 +81,20 @@ impl TestLab {
         self.lab.name()
     }
 
-    /// Runs meshctl in `host`: Ok(stdout) on success, Err(stderr) otherwise.
-    pub fn meshctl(&self, host: &str, args: &[&str]) -> Result<String, String> {
+    /// Runs meshctl in `host` and returns its whole output, whatever its exit status.
+    pub fn meshctl_output(&self, host: &str, args: &[&str]) -> std::process::Output {
         let binary = lab::find_binary(lab::MESHCTL)
             .expect("meshctl is built")
             .to_string_lossy()
             .into_owned();
         let mut argv = vec![binary.as_str()];
         argv.extend_from_slice(args);
-        let out = self.lab.output(host, &argv).expect("run meshctl");
+        self.lab.output(host, &argv).expect("run meshctl")
+    }
+
+    /// Runs meshctl in `host`: Ok(stdout) on success, Err(stderr) otherwise.
+    pub fn meshctl(&self, host: &str, args: &[&str]) -> Result<String, String> {
+        let out = self.meshctl_output(host, args);
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -99,6 +104,26 @@ impl TestLab {
 }
 
 impl TestLab {
+    /// Runs `argv` on `host` inside the network namespace meshd pinned for `task`: Ok(stdout),
+    /// or Err with both streams.
+    pub fn in_task(&self, host: &str, task: &str, argv: &[&str]) -> Result<String, String> {
+        let files = self.lab.files(host).expect("known host");
+        let netns = files.state_dir().join("netns").join(task);
+        let flag = format!("--net={}", netns.display());
+        let mut full = vec!["nsenter", flag.as_str()];
+        full.extend_from_slice(argv);
+        let out = self.lab.output(host, &full).expect("run nsenter");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{argv:?} in {task} on {host}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Runs meshctl in `host` and returns its stdout, panicking with its stderr on failure.
     pub fn meshctl_ok(&self, host: &str, args: &[&str]) -> String {
         self.meshctl(host, args)

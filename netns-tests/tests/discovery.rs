@@ -67,33 +67,25 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn state_dir(lab: &TestLab, host: &str) -> PathBuf {
-    lab.lab().files(host).unwrap().state_dir()
+/// Creates a service of busybox httpd tasks with the given options.
+fn httpd_service(lab: &TestLab, name: &str, options: &[&str]) {
+    let mut args = vec!["service", "create", "--name", name];
+    args.extend_from_slice(options);
+    args.push(IMAGE);
+    args.extend_from_slice(HTTPD);
+    ok(lab, &args);
 }
 
-/// Runs `argv` inside a task's network namespace on its host.
-fn in_task(lab: &TestLab, host: &str, task: &str, argv: &[&str]) -> Result<String, String> {
-    let netns = state_dir(lab, host).join("netns").join(task);
-    let flag = format!("--net={}", netns.display());
-    let mut full = vec!["nsenter", flag.as_str()];
-    full.extend_from_slice(argv);
-    let out = lab.lab().output(host, &full).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{argv:?} in {task} on {host}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+fn state_dir(lab: &TestLab, host: &str) -> PathBuf {
+    lab.lab().files(host).unwrap().state_dir()
 }
 
 /// `dig` against the task's embedded DNS server; the whole answer text.
 fn dig(lab: &TestLab, (task, host): (&str, &str), args: &[&str]) -> String {
     let mut argv = vec!["dig", "@127.0.0.11", "+time=2", "+tries=1"];
     argv.extend_from_slice(args);
-    in_task(lab, host, task, &argv).unwrap_or_else(|e| panic!("{e}"))
+    lab.in_task(host, task, &argv)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The addresses of a `dig +short` answer, sorted.
@@ -173,47 +165,31 @@ fn dns_answers_every_record_kind_and_follows_the_endpoint_table_within_two_secon
     let _resolver = outside_resolver(&lab);
     ok(&lab, &["network", "create", "--driver", "overlay", "front"]);
     ok(&lab, &["network", "create", "--driver", "overlay", "back"]);
-    let mut web = vec![
-        "service",
-        "create",
-        "--name",
+    httpd_service(
+        &lab,
         "web",
-        "--mode",
-        "global",
-        "--network",
-        "front",
-        "--publish",
-        "8080:80",
-        IMAGE,
-    ];
-    web.extend_from_slice(HTTPD);
-    ok(&lab, &web);
-    let mut api = vec![
-        "service",
-        "create",
-        "--name",
+        &[
+            "--mode",
+            "global",
+            "--network",
+            "front",
+            "--publish",
+            "8080:80",
+        ],
+    );
+    httpd_service(
+        &lab,
         "api",
-        "--replicas",
-        "2",
-        "--endpoint-mode",
-        "dnsrr",
-        "--network",
-        "front",
-        IMAGE,
-    ];
-    api.extend_from_slice(HTTPD);
-    ok(&lab, &api);
-    let mut db = vec![
-        "service",
-        "create",
-        "--name",
-        "db",
-        "--network",
-        "back",
-        IMAGE,
-    ];
-    db.extend_from_slice(HTTPD);
-    ok(&lab, &db);
+        &[
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "front",
+        ],
+    );
+    httpd_service(&lab, "db", &["--network", "back"]);
     // A task that looks names up through its own resolv.conf, as applications do.
     ok(
         &lab,
@@ -389,7 +365,7 @@ fn dns_answers_every_record_kind_and_follows_the_endpoint_table_within_two_secon
         "printf '\\377\\377' | nc -w1 127.0.0.11 53",
         "printf '\\000\\014\\000\\001\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000' | nc -u -w1 127.0.0.11 53",
     ] {
-        let _ = in_task(&lab, host, task, &["sh", "-c", script]);
+        let _ = lab.in_task( host, task, &["sh", "-c", script]);
     }
     assert_eq!(
         addresses(&lab, at, "tasks.api").len(),
@@ -419,32 +395,8 @@ fn fdb_vteps(lab: &TestLab, host: &str, network_id: &str) -> BTreeSet<String> {
 fn a_killed_host_leaves_dns_and_the_fdb_and_a_healed_partition_converges() {
     let lab = lab("gossip");
     ok(&lab, &["network", "create", "--driver", "overlay", "front"]);
-    let mut web = vec![
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--mode",
-        "global",
-        "--network",
-        "front",
-        IMAGE,
-    ];
-    web.extend_from_slice(HTTPD);
-    ok(&lab, &web);
-    let mut api = vec![
-        "service",
-        "create",
-        "--name",
-        "api",
-        "--replicas",
-        "4",
-        "--network",
-        "front",
-        IMAGE,
-    ];
-    api.extend_from_slice(HTTPD);
-    ok(&lab, &api);
+    httpd_service(&lab, "web", &["--mode", "global", "--network", "front"]);
+    httpd_service(&lab, "api", &["--replicas", "4", "--network", "front"]);
     let webs = wait_running(&lab, "front", "web", 4);
     wait_running(&lab, "front", "api", 4);
     let network: Vec<Value> =

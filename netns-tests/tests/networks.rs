@@ -73,24 +73,6 @@ fn wait_running(
     .0
 }
 
-/// Runs `argv` inside a task's network namespace on its host.
-fn in_task(lab: &TestLab, host: &str, task: &str, argv: &[&str]) -> Result<String, String> {
-    let netns = state_dir(lab, host).join("netns").join(task);
-    let flag = format!("--net={}", netns.display());
-    let mut full = vec!["nsenter", flag.as_str()];
-    full.extend_from_slice(argv);
-    let out = lab.lab().output(host, &full).unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{argv:?} in {task} on {host}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// Runs `argv` inside a network's namespace on `host`.
 fn in_network(lab: &TestLab, host: &str, network_id: &str, argv: &[&str]) -> String {
     let ns = state_dir(lab, host)
@@ -164,12 +146,7 @@ fn tasks_on_three_hosts_talk_over_tcp_and_udp_and_networks_are_isolated() {
             }
             let url = format!("http://{ip}/");
             let (page, _) = until_ok(Duration::from_secs(5), || {
-                in_task(
-                    &lab,
-                    host,
-                    task,
-                    &["wget", "-q", "-T", "2", "-O", "-", &url],
-                )
+                lab.in_task(host, task, &["wget", "-q", "-T", "2", "-O", "-", &url])
             })
             .unwrap_or_else(|e| panic!("{host} → {ip}: {e}"));
             assert!(page.contains("Hello from a Mesh task"), "{page}");
@@ -201,8 +178,7 @@ fn tasks_on_three_hosts_talk_over_tcp_and_udp_and_networks_are_isolated() {
             .unwrap()
     };
     std::thread::sleep(Duration::from_millis(300));
-    in_task(
-        &lab,
+    lab.in_task(
         &from.1,
         &from.0,
         &[
@@ -222,13 +198,8 @@ fn tasks_on_three_hosts_talk_over_tcp_and_udp_and_networks_are_isolated() {
     let (task, host, _) = &web[0];
     let db_url = format!("http://{}/", db[0].2);
     assert!(
-        in_task(
-            &lab,
-            host,
-            task,
-            &["wget", "-q", "-T", "2", "-O", "-", &db_url]
-        )
-        .is_err(),
+        lab.in_task(host, task, &["wget", "-q", "-T", "2", "-O", "-", &db_url])
+            .is_err(),
         "a front task reached a back task"
     );
 }
@@ -287,21 +258,21 @@ fn the_overlay_mtu_follows_a_small_underlay_without_a_black_hole() {
     let tasks = wait_running(&lab, "small", "big", 2);
     let (task, host, _) = &tasks[0];
     // /sys shows the namespace that mounted it, so ask netlink.
-    let link = in_task(&lab, host, task, &["ip", "-o", "link", "show", "eth0"]).unwrap();
+    let link = lab
+        .in_task(host, task, &["ip", "-o", "link", "show", "eth0"])
+        .unwrap();
     assert!(link.contains(" mtu 1350 "), "{link}");
     // The largest unfragmented packet (1350 - 28 bytes of IPv4 and ICMP headers) passes with DF.
     let (_, _, peer) = &tasks[1];
     until_ok(Duration::from_secs(5), || {
-        in_task(
-            &lab,
+        lab.in_task(
             host,
             task,
             &["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1322", peer],
         )
     })
     .unwrap_or_else(|e| panic!("a full-MTU packet did not pass: {e}"));
-    let too_big = in_task(
-        &lab,
+    let too_big = lab.in_task(
         host,
         task,
         &["ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1323", peer],
@@ -412,7 +383,7 @@ fn entries_follow_tasks_survive_restarts_and_removal_leaves_nothing() {
     .unwrap();
     let (task, host, _) = &web[0];
     until_ok(Duration::from_secs(5), || {
-        in_task(&lab, host, task, &["ping", "-c", "1", "-W", "1", victim_ip])
+        lab.in_task(host, task, &["ping", "-c", "1", "-W", "1", victim_ip])
     })
     .unwrap_or_else(|e| panic!("no overlay path after restarting meshd on {host}: {e}"));
 

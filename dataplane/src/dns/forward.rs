@@ -84,13 +84,14 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
             // A scoped IPv6 address (fe80::1%eth0) names an interface of the host.
             words.next()?.parse::<IpAddr>().ok()
         })
-        .filter(|ip| !ip.is_loopback())
+        // Forwarding happens from the caller's namespace (the host's), where a local stub
+        // resolver such as systemd-resolved's 127.0.0.53 is reachable.
         .take(MAX_SERVERS)
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
 
-/// The upstream sockets, bound (in the task's namespace) before the runtime takes them.
+/// The upstream sockets, bound in the caller's namespace before the runtime takes them.
 #[derive(Debug)]
 pub struct UpstreamSockets {
     v4: Option<std::net::UdpSocket>,
@@ -302,19 +303,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resolv_conf_gives_the_first_three_remote_servers() {
+    fn resolv_conf_gives_the_first_three_servers() {
         let text = "# comment\nsearch example.com\nnameserver 127.0.0.53\nnameserver 192.0.2.1\n\
                     nameserver   2001:db8::1 \nnameserver fe80::1%eth0\noptions ndots:1\n\
                     nameserver 192.0.2.2\nnameserver 192.0.2.3\n";
         assert_eq!(
             parse_resolv_conf(text),
             [
+                "127.0.0.53:53".parse().unwrap(),
                 "192.0.2.1:53".parse().unwrap(),
                 "[2001:db8::1]:53".parse().unwrap(),
-                "192.0.2.2:53".parse().unwrap(),
             ]
         );
-        assert!(parse_resolv_conf("nameserver ::1\n").is_empty());
+        assert!(parse_resolv_conf("search example.com\n").is_empty());
     }
 
     #[test]
