@@ -36,6 +36,8 @@ pub enum ApiRequest {
     Info,
     /// Add a new gossip key (nodes switch to it once every node has it).
     GossipKeyRotate,
+    /// Probe between hosts and compare their state (`meshctl diag`).
+    Diag(crate::diag::DiagRequest),
     /// Create a service.
     ServiceCreate(Box<ServiceSpec>),
     /// Every service.
@@ -70,6 +72,8 @@ pub enum ApiRequest {
 /// An answer to a cluster API call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ApiResponse {
+    /// Answer to Diag.
+    Diag(Box<crate::diag::DiagReport>),
     /// Answer to NodeList.
     Nodes(Vec<NodeView>),
     /// Answer to NodeInspect.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod diag;
 pub mod discovery;
 pub mod gossip;
 pub mod local_api;

@@ -8,6 +8,7 @@
 
 mod describe;
 pub use describe::describe_node;
+mod diag;
 mod network;
 mod task;
 
@@ -70,6 +71,16 @@ pub struct Agent {
     endpoints_changed: Notify,
     /// One overlay convergence at a time.
     converging: tokio::sync::Mutex<()>,
+    /// The overlay plan last converged without error.
+    last_plan: Mutex<Option<dataplane::overlay::HostOverlay>>,
+    /// Kernel drift the overlay repaired (milliseconds since the epoch, what was redone).
+    drift: Mutex<VecDeque<(u64, dataplane::overlay::Change)>>,
+    /// The responder answering diagnostics' VXLAN probes, with the port it answers on.
+    probe_responder: Mutex<Option<(u16, dataplane::probe::ProbeResponder)>>,
+    /// The underlay addresses it answers: the cluster's nodes.
+    probe_peers: Arc<std::sync::RwLock<HashSet<std::net::Ipv4Addr>>>,
+    /// Diagnosis jobs started, by ID.
+    diag_started: Mutex<HashSet<String>>,
     /// Digest of the endpoint view last shipped, and when.
     view_shipped: Mutex<Option<(u64, std::time::Instant)>>,
     /// The dispatcher's last answer, which the overlay is built from.
@@ -96,6 +107,11 @@ impl Agent {
             endpoints_changed: Notify::new(),
             converging: tokio::sync::Mutex::new(()),
             view_shipped: Mutex::new(None),
+            last_plan: Mutex::new(None),
+            drift: Mutex::new(VecDeque::new()),
+            diag_started: Mutex::new(HashSet::new()),
+            probe_responder: Mutex::new(None),
+            probe_peers: Arc::new(std::sync::RwLock::new(HashSet::new())),
             overlay: dataplane::overlay::Overlay::new(state_dir.join("overlay")),
             last: Mutex::new(None),
             reconciling: tokio::sync::Mutex::new(()),
@@ -323,6 +339,16 @@ impl Agent {
                 tokio::spawn(Arc::clone(self).remove(id));
             }
         }
+        self.start_diag_jobs(&assignments);
+        let peers = assignments
+            .gossip
+            .peers
+            .iter()
+            .filter_map(|(_, addr)| match addr.ip() {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                std::net::IpAddr::V6(_) => None,
+            });
+        *self.probe_peers.write().expect("agent lock") = peers.collect();
         // After the tasks are tracked: gossip's first publication from this node replaces
         // everything it published before a restart, so it must list the adopted tasks.
         if let Some(ip) = self.underlay_ip {

@@ -75,6 +75,8 @@ pub(super) fn desired(
             }
         })
         .collect();
+    let mut networks: Vec<NetworkPlan> = networks;
+    networks.push(probe_network());
     HostOverlay {
         underlay_ip,
         data_path_port: assignments.data_path_port,
@@ -82,7 +84,68 @@ pub(super) fn desired(
     }
 }
 
+/// The dataplane ID of the probe network.
+pub(super) const PROBE_NETWORK: &str = "meshprobe";
+
+/// A network of no endpoints on the diagnostics' reserved VNI: its vxlan device receives the
+/// VXLAN probes of `meshctl diag` after the host's firewall has had its say (a packet socket on
+/// the underlay would see them before), so a firewall dropping the data-path port is found.
+fn probe_network() -> NetworkPlan {
+    NetworkPlan {
+        id: PROBE_NETWORK.into(),
+        vni: dataplane::probe::wire::PROBE_VNI,
+        // A private namespace's own link-local pair: never routed anywhere.
+        subnet: Ipv4Addr::new(169, 254, 255, 0),
+        prefix_len: 30,
+        gateway: Ipv4Addr::new(169, 254, 255, 1),
+        mtu: 1450,
+        local: Vec::new(),
+        remote: Vec::new(),
+    }
+}
+
+/// How many repairs the agent remembers for `diag overlay`.
+const DRIFT_KEPT: usize = 100;
+
 impl Agent {
+    /// Answers the VXLAN probes of `meshctl diag` once the probe network's device exists
+    /// (started again if the data-path port changed).
+    fn ensure_probe_responder(&self, underlay_ip: Ipv4Addr, data_path_port: u16) {
+        let mut responder = self.probe_responder.lock().expect("agent lock");
+        if responder
+            .as_ref()
+            .is_some_and(|(port, _)| *port == data_path_port)
+        {
+            return;
+        }
+        let tap = self.overlay.netns_path(PROBE_NETWORK);
+        let allowed = std::sync::Arc::clone(&self.probe_peers);
+        match dataplane::probe::ProbeResponder::start(
+            underlay_ip,
+            data_path_port,
+            &tap,
+            "vxlan0",
+            allowed,
+        ) {
+            Ok(started) => *responder = Some((data_path_port, started)),
+            Err(err) => {
+                tracing::warn!(error = %err, "starting the diagnostics probe responder; retrying with the next convergence")
+            }
+        }
+    }
+
+    /// Remembers repaired drift, newest last.
+    fn record_drift(&self, changes: &[dataplane::overlay::Change]) {
+        let now = crate::manager::orchestrate::now_ms();
+        let mut drift = self.drift.lock().expect("agent lock");
+        for change in changes {
+            if drift.len() == DRIFT_KEPT {
+                drift.pop_front();
+            }
+            drift.push_back((now, change.clone()));
+        }
+    }
+
     /// This host's endpoints: one per network of every task running here and not stopping.
     fn local_endpoints(&self, assignments: &Assignments) -> Vec<SeenEndpoint> {
         let Some(vtep) = self.underlay_ip else {
@@ -161,14 +224,24 @@ impl Agent {
             underlay_ip,
             &self.netns_dir,
         );
+        let unchanged = self.last_plan.lock().expect("agent lock").as_ref() == Some(&plan);
+        let data_path_port = plan.data_path_port;
         match self.overlay.apply(&plan).await {
             Ok(applied) if !applied.is_empty() => {
-                tracing::info!(changes = ?applied.changes, "overlay converged")
+                tracing::info!(changes = ?applied.changes, "overlay converged");
+                if unchanged {
+                    // The same plan converged before: something changed the kernel behind
+                    // our back. `diag overlay` reports it.
+                    tracing::warn!(changes = ?applied.changes, "repaired overlay drift");
+                    self.record_drift(&applied.changes);
+                }
+                *self.last_plan.lock().expect("agent lock") = Some(plan);
             }
-            Ok(_) => {}
+            Ok(_) => *self.last_plan.lock().expect("agent lock") = Some(plan),
             Err(err) => {
                 tracing::warn!(error = %err, "converging the overlay; retrying with the next assignments")
             }
         }
+        self.ensure_probe_responder(underlay_ip, data_path_port);
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::gossip::{
-    Endpoint, EndpointEntry, Gossip, GossipConfig, Health, Keyring, MemberState, KEY_LEN,
+    Endpoint, EndpointEntry, Gossip, GossipConfig, Health, Keyring, MemberState, PingError, KEY_LEN,
 };
 use crate::rpc::messages::{Assignments, GossipAssignment};
 use crate::store::NodeId;
@@ -194,6 +194,32 @@ impl Discovery {
         }
     }
 
+    /// A gossip ping over UDP to another node's gossip port (`meshctl diag ports`).
+    pub async fn ping_udp(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Duration, PingError> {
+        let gossip = self.gossip.lock().expect("discovery lock").clone();
+        match gossip {
+            Some(gossip) => gossip.ping_udp(target, timeout).await,
+            None => Err(not_running()),
+        }
+    }
+
+    /// A gossip ping over a TCP stream to another node's gossip port.
+    pub async fn ping_tcp(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Duration, PingError> {
+        let gossip = self.gossip.lock().expect("discovery lock").clone();
+        match gossip {
+            Some(gossip) => gossip.ping_tcp(target, timeout).await,
+            None => Err(not_running()),
+        }
+    }
+
     /// A receiver that changes whenever the endpoint table or membership does.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -229,6 +255,10 @@ impl Discovery {
         }
         *self.configured.lock().expect("discovery lock") = None;
     }
+}
+
+fn not_running() -> PingError {
+    PingError::Unreachable("gossip has not started on this node yet (it starts with the first assignments from the managers)".into())
 }
 
 /// The keyring of the cluster's keys, or None before the cluster has one (or when a key is

@@ -3,9 +3,10 @@
 //! clock of its own, no threads: the tokio driver and the simulator both run it.
 //!
 //! Inputs: [`Core::handle_datagram`], [`Core::handle_timeout`] (when [`Core::poll_timeout`]
-//! is due), the anti-entropy frames ([`Core::handle_sync_open`], [`Core::handle_sync_answer`],
+//! is due), the stream frames ([`Core::handle_stream_open`], [`Core::handle_sync_answer`],
 //! [`Core::handle_sync_close`], [`Core::sync_failed`]) and the commands (`publish`,
-//! `set_networks`, `set_peers`, `set_keyring`, `leave`). Outputs: [`Core::poll_output`].
+//! `set_networks`, `set_peers`, `set_keyring`, `leave`, and the pings of `ping.rs`). Outputs:
+//! [`Core::poll_output`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use super::entry::{EndpointEntry, EntryError};
 use super::envelope::Channel;
 use super::keyring::{Keyring, OpenError};
 use super::message::{self, GossipMsg, KIND_GOSSIP, KIND_SWIM};
+use super::ping::PendingPings;
 use super::stats::GossipStats;
 use super::swim::{self, seed_identity, NodeIdentity};
 use super::table::{HybridClock, Table};
@@ -52,6 +54,15 @@ pub enum Output {
         to: SocketAddr,
         /// The sealed opening frame.
         frame: Vec<u8>,
+    },
+    /// The answer to the UDP ping `nonce` of [`Core::ping`] arrived.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+        /// Where the pong came from.
+        from: SocketAddr,
+        /// From the ping's `now` to the pong's.
+        rtt: Duration,
     },
 }
 
@@ -133,6 +144,8 @@ pub struct Core {
     /// Anti-entropy exchanges in flight: id → peer.
     pub(super) syncs: BTreeMap<u64, NodeId>,
     pub(super) sync_seq: u64,
+    /// UDP pings awaiting their pong (bounded, see `ping.rs`).
+    pub(super) pings: PendingPings,
     pub(super) stats: GossipStats,
     pub(super) view_generation: u64,
     pub(super) cluster_size: usize,
@@ -174,6 +187,7 @@ impl Core {
             outputs: VecDeque::new(),
             syncs: BTreeMap::new(),
             sync_seq: 0,
+            pings: PendingPings::new(),
             stats: GossipStats::default(),
             view_generation: 0,
             cluster_size: 1,
@@ -261,9 +275,8 @@ impl Core {
 
     /// Feeds a received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        // The source address is not trusted for anything: who sent a message is in its
-        // authenticated content.
-        let _ = from;
+        // The source address is not trusted for who sent a message (that is in its
+        // authenticated content); it is only where a ping's pong goes back to.
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
         let plain = match self.keyring.open(Channel::Datagram, data) {
@@ -293,7 +306,7 @@ impl Core {
                 self.after_swim(now, result.is_err());
             }
             KIND_GOSSIP => match message::decode_gossip(body) {
-                Ok(msg) => self.handle_gossip(now, msg),
+                Ok(msg) => self.handle_gossip(now, from, msg),
                 Err(_) => self.stats.malformed += 1,
             },
             _ => self.stats.malformed += 1,
@@ -308,7 +321,7 @@ impl Core {
         }
     }
 
-    fn handle_gossip(&mut self, now: Instant, msg: GossipMsg) {
+    fn handle_gossip(&mut self, now: Instant, from_addr: SocketAddr, msg: GossipMsg) {
         match msg {
             GossipMsg::Push { from, groups } => {
                 if !self.allowed(from) {
@@ -332,6 +345,9 @@ impl Core {
                     self.spread_decls(now, fresh, exclude, self.tuning.push_rounds);
                 }
             }
+            // No allow-list check: a ping checks the port, before or apart from membership.
+            GossipMsg::Ping { nonce } => self.answer_ping(from_addr, nonce),
+            GossipMsg::Pong { nonce } => self.take_pong(now, from_addr, nonce),
         }
     }
 

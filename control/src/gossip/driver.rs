@@ -2,23 +2,30 @@
 //! task, and a [`Gossip`] handle to command and read the [`Core`]. The core sits behind a
 //! mutex held only for the length of one input; sockets are used outside it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::core::{Core, CoreConfig, Output};
 use super::entry::{Endpoint, EndpointEntry, EntryError};
 use super::keyring::Keyring;
 use super::message::MAX_FRAME;
+use super::ping::{PingError, Transport};
+use super::spread::StreamAnswer;
 use super::stats::GossipStats;
 use super::table::TableView;
 use super::{GossipConfig, GossipError, Member, Tuning};
 use crate::store::NodeId;
+
+/// The largest answer a TCP ping reads: a sealed pong is under 50 bytes, so anything longer is
+/// not one, and is refused before it is allocated.
+const MAX_PONG_FRAME: usize = 1024;
 
 /// Inbound anti-entropy connections served at once, at most: each may hold a frame buffer of up
 /// to `MAX_FRAME` before it authenticates. Nodes start at most two exchanges each.
@@ -58,12 +65,20 @@ struct Shared {
     /// The runtime gossip was started on: exchanges are spawned there even when a command
     /// comes from another thread.
     runtime: tokio::runtime::Handle,
+    /// Callers of `ping_udp` waiting for their pong, by nonce: one entry per call in flight,
+    /// removed when it ends either way.
+    pings: Mutex<HashMap<u64, oneshot::Sender<Duration>>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock leaves the core as it was between two inputs.
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pings(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Duration>>> {
+        // Never held across another lock or an await: a panic cannot leave it half-changed.
+        self.pings.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -108,6 +123,7 @@ impl Gossip {
             send_errors: AtomicU64::new(0),
             serving: AtomicUsize::new(0),
             runtime: handle.clone(),
+            pings: Mutex::new(HashMap::new()),
         });
         handle.spawn(recv_loop(shared.clone()));
         handle.spawn(timer_loop(shared.clone()));
@@ -196,6 +212,80 @@ impl Gossip {
         self.inner.shared.view.subscribe()
     }
 
+    /// Checks UDP gossip with `target` (another node's gossip address) by a real exchange: a
+    /// ping sealed with this node's primary key goes from the gossip socket, and the target's
+    /// gossip (member or not, as long as it holds the key) answers to that socket. Returns the
+    /// round trip. A host without the key, like a closed or filtered port, gives no answer:
+    /// [`PingError::Timeout`]; a send the network refuses at once is
+    /// [`PingError::Unreachable`].
+    pub async fn ping_udp(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Duration, PingError> {
+        let shared = &self.inner.shared;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        let (nonce, payload) = shared.lock().ping(Instant::now());
+        // Registered before sending: the pong cannot be handled before it is waited for.
+        shared.pings().insert(nonce, tx);
+        let send = shared.udp.send_to(&payload, target);
+        let result = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => Err(PingError::Timeout),
+            Ok(Err(err)) => Err(PingError::from_io(Transport::Udp, target, &err)),
+            // The waiter is never dropped unanswered while this call holds its entry.
+            Ok(Ok(_)) => tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(PingError::Timeout),
+        };
+        if result.is_err() {
+            shared.pings().remove(&nonce);
+            shared.lock().cancel_ping(nonce);
+        }
+        result
+    }
+
+    /// Checks TCP gossip with `target` (another node's gossip address) by a real exchange: one
+    /// sealed ping frame on a new stream, where anti-entropy exchanges are served, answered by
+    /// a sealed pong. Returns the round trip from sending the ping to reading the pong (the
+    /// connection's setup excluded, so it compares with [`Gossip::ping_udp`]'s). No connection
+    /// in time is [`PingError::Timeout`]; a connection accepted but left unanswered, closed
+    /// early or answered with anything but this cluster's pong is [`PingError::BadReply`].
+    pub async fn ping_tcp(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Duration, PingError> {
+        let shared = &self.inner.shared;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let io_error = |err: std::io::Error| PingError::from_io(Transport::Tcp, target, &err);
+        let (nonce, frame) = shared.lock().stream_ping();
+        let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(target))
+            .await
+            .map_err(|_| PingError::Timeout)?
+            .map_err(io_error)?;
+        let sent = Instant::now();
+        let exchange = async {
+            write_frame(&mut stream, &frame).await?;
+            read_frame(&mut stream, MAX_PONG_FRAME).await
+        };
+        let reply = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| PingError::silent(target, timeout))?
+            .map_err(io_error)?;
+        let rtt = sent.elapsed();
+        shared
+            .lock()
+            .check_stream_pong(nonce, &reply)
+            .map_err(|err| PingError::bad_pong(target, &err))?;
+        // The responder ends the stream after its pong; closing our side is a courtesy that
+        // must not outlast the caller's time.
+        let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
+        Ok(rtt)
+    }
+
     /// Leaves gracefully (peers mark this node down at once instead of suspecting it first)
     /// and stops; every clone stops. Dropping the last clone stops without leaving.
     pub fn shutdown(&self) {
@@ -264,6 +354,11 @@ fn flush(shared: &Arc<Shared>, mut core: MutexGuard<'_, Core>) {
                 shared
                     .runtime
                     .spawn(sync_client(shared.clone(), id, to, frame));
+            }
+            Output::Pong { nonce, rtt, .. } => {
+                if let Some(waiter) = shared.pings().remove(&nonce) {
+                    let _ = waiter.send(rtt);
+                }
             }
         }
     }
@@ -350,7 +445,7 @@ async fn sync_client(shared: Arc<Shared>, id: u64, to: SocketAddr, frame: Vec<u8
     let done = bounded(&shared, async {
         let mut stream = TcpStream::connect(to).await.ok()?;
         write_frame(&mut stream, &frame).await.ok()?;
-        let answer = read_frame(&mut stream).await.ok()?;
+        let answer = read_frame(&mut stream, MAX_FRAME).await.ok()?;
         let close = {
             let mut core = shared.lock();
             let close = core.handle_sync_answer(Instant::now(), id, &answer);
@@ -368,17 +463,25 @@ async fn sync_client(shared: Arc<Shared>, id: u64, to: SocketAddr, frame: Vec<u8
     }
 }
 
+/// Serves an inbound stream: an anti-entropy exchange, or a ping.
 async fn sync_server(shared: Arc<Shared>, mut stream: TcpStream) {
     bounded(&shared, async {
-        let open = read_frame(&mut stream).await.ok()?;
+        let open = read_frame(&mut stream, MAX_FRAME).await.ok()?;
         let answer = {
             let mut core = shared.lock();
-            let answer = core.handle_sync_open(Instant::now(), &open);
+            let answer = core.handle_stream_open(Instant::now(), &open);
             flush(&shared, core);
             answer
         }?;
+        let answer = match answer {
+            StreamAnswer::Sync(answer) => answer,
+            StreamAnswer::Pong(pong) => {
+                write_frame(&mut stream, &pong).await.ok()?;
+                return stream.shutdown().await.ok();
+            }
+        };
         write_frame(&mut stream, &answer).await.ok()?;
-        let close = read_frame(&mut stream).await.ok()?;
+        let close = read_frame(&mut stream, MAX_FRAME).await.ok()?;
         let mut core = shared.lock();
         core.handle_sync_close(Instant::now(), &close);
         flush(&shared, core);
@@ -394,15 +497,15 @@ async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()
     stream.write_all(frame).await
 }
 
-/// Reads a frame, refusing lengths over [`MAX_FRAME`] before allocating.
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Reads a frame, refusing lengths over `max` before allocating.
+async fn read_frame(stream: &mut TcpStream, max: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("gossip frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+            format!("gossip frame of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
     let mut frame = vec![0u8; len];

@@ -81,6 +81,19 @@ pub enum GossipMsg {
         /// The declarations.
         decls: Vec<Declaration>,
     },
+    // Variants below were added later: postcard tags a variant by its index, so new ones go
+    // at the end and the older ones keep their encoding.
+    /// A reachability check (`meshctl diag ports`): any node that opens it answers with
+    /// [`GossipMsg::Pong`] to the datagram's source address, member or not.
+    Ping {
+        /// Chosen by the sender, echoed in the answer.
+        nonce: u64,
+    },
+    /// The answer to [`GossipMsg::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
 }
 
 /// How complete a node's knowledge of one origin on one network is.
@@ -138,6 +151,18 @@ pub enum SyncMsg {
         decls: Vec<Declaration>,
         /// Rows the responder lacks.
         groups: Vec<Group>,
+    },
+    // Appended, like GossipMsg's: existing variants keep their tags.
+    /// A reachability check on TCP, in place of [`SyncMsg::Open`]: the responder answers
+    /// [`SyncMsg::Pong`] and the stream ends.
+    Ping {
+        /// Chosen by the initiator, echoed in the answer.
+        nonce: u64,
+    },
+    /// The answer to [`SyncMsg::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
     },
 }
 
@@ -321,6 +346,52 @@ mod tests {
             encode_gossip(&msg),
             vec![2, 1, 1, 1, 2, 0xac, 0x02, 1, 2, b'a', b'b']
         );
+    }
+
+    #[test]
+    fn golden_ping_bytes_keep_older_tags() {
+        // kind 2, then the variant index: Push 0 and Decls 1 are unchanged, Ping 2, Pong 3;
+        // nonce 300 is the varint ac 02.
+        assert_eq!(
+            encode_gossip(&GossipMsg::Ping { nonce: 300 }),
+            [2, 2, 0xac, 0x02]
+        );
+        assert_eq!(encode_gossip(&GossipMsg::Pong { nonce: 1 }), [2, 3, 1]);
+        assert_eq!(
+            encode_gossip(&GossipMsg::Push {
+                from: 1,
+                groups: vec![]
+            }),
+            [2, 0, 1, 0]
+        );
+        // Open 0, Answer 1 and Close 2 are unchanged, Ping 3, Pong 4.
+        let close = SyncMsg::Close {
+            decls: vec![],
+            groups: vec![],
+        };
+        assert_eq!(encode_sync(&close), [2, 0, 0]);
+        assert_eq!(encode_sync(&SyncMsg::Ping { nonce: 300 }), [3, 0xac, 0x02]);
+        assert_eq!(encode_sync(&SyncMsg::Pong { nonce: u64::MAX }).len(), 11);
+        for msg in [SyncMsg::Ping { nonce: 7 }, SyncMsg::Pong { nonce: 7 }] {
+            assert_eq!(decode_sync(&encode_sync(&msg)).unwrap(), msg);
+        }
+        let pong = encode_gossip(&GossipMsg::Pong { nonce: 7 });
+        assert_eq!(
+            decode_gossip(&pong[1..]).unwrap(),
+            GossipMsg::Pong { nonce: 7 }
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_padded_ping_is_an_error() {
+        assert!(decode_gossip(&[2]).is_err());
+        assert!(decode_gossip(&[2, 0x80]).is_err());
+        assert!(decode_gossip(&[2, 1, 0]).is_err());
+        assert!(decode_sync(&[3]).is_err());
+        assert!(decode_sync(&[4, 1, 0]).is_err());
+        // A variant index past the last one.
+        assert!(decode_gossip(&[4, 1]).is_err());
+        assert!(decode_sync(&[5, 1]).is_err());
     }
 
     #[test]

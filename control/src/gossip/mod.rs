@@ -34,7 +34,8 @@
 //! # Layout
 //!
 //! `core.rs` (inputs, timers, membership, commands), `spread.rs` (push and anti-entropy) and
-//! `queries.rs` (what consumers read) are the sans-IO state machine; `table.rs` is the endpoint
+//! `queries.rs` (what consumers read) are the sans-IO state machine, and `ping.rs` its
+//! reachability checks (`meshctl diag ports`); `table.rs` is the endpoint
 //! table and `clock.rs` its versions; `swim.rs` is foca's side; `message.rs`, `envelope.rs`
 //! and `keyring.rs` are the wire; `driver.rs` is the tokio driver behind [`Gossip`]; `sim.rs`
 //! and `sim_net.rs` simulate a network of cores for tests and benchmarks, and `baseline.rs`
@@ -50,6 +51,8 @@
 //! gossip.publish(local_entries);             // the complete local set, on every change
 //! let mut changes = gossip.subscribe();      // changes.changed().await, then:
 //! gossip.endpoints(); gossip.members();      // the visible view
+//! gossip.ping_udp(addr, timeout).await?;     // `meshctl diag ports`: a sealed ping and pong
+//! gossip.ping_tcp(addr, timeout).await?;     // with another node's gossip, per transport
 //! gossip.shutdown();                         // graceful leave
 //! ```
 
@@ -61,6 +64,7 @@ pub mod entry;
 pub mod envelope;
 pub mod keyring;
 pub mod message;
+pub mod ping;
 mod queries;
 pub mod sim;
 mod sim_net;
@@ -83,6 +87,8 @@ pub use self::core::{Core, CoreConfig, Output};
 pub use driver::Gossip;
 pub use entry::{Endpoint, EndpointEntry, EntryError, Health};
 pub use keyring::{Keyring, KeyringError, KEY_LEN};
+pub use ping::{PingError, PongError};
+pub use spread::StreamAnswer;
 pub use stats::GossipStats;
 pub use table::{RowState, TableRow, TableView};
 

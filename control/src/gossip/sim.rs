@@ -217,6 +217,8 @@ impl Sim {
                         },
                     );
                 }
+                // Pings are driven by the caller of `Core::ping`, outside the simulation.
+                Output::Pong { .. } => {}
                 Output::Sync { id, to, frame, .. } => {
                     let server = index_of(to).filter(|j| *j < self.nodes.len());
                     match server.filter(|j| self.net.reachable(i, *j)) {

@@ -22,6 +22,16 @@ use crate::store::NodeId;
 /// Anti-entropy exchanges this node runs at once, at most; more requests wait for the next tick.
 const MAX_SYNCS_IN_FLIGHT: usize = 2;
 
+/// How a responder answers the first frame of an inbound stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamAnswer {
+    /// An anti-entropy exchange: send this answer, then read the initiator's closing frame and
+    /// give it to [`Core::handle_sync_close`].
+    Sync(Vec<u8>),
+    /// A ping (`meshctl diag ports`): send this pong and end the stream.
+    Pong(Vec<u8>),
+}
+
 impl Core {
     /// Applies received rows and returns those that were new here, per group.
     pub(super) fn apply_groups(&mut self, now: Instant, groups: &[Group]) -> Vec<Group> {
@@ -320,7 +330,7 @@ impl Core {
         }
     }
 
-    fn open_frame(&mut self, frame: &[u8]) -> Option<SyncMsg> {
+    pub(super) fn open_frame(&mut self, frame: &[u8]) -> Option<SyncMsg> {
         let plain = match self.keyring.open(Channel::Stream, frame) {
             Ok(plain) => plain,
             Err(err) => {
@@ -337,11 +347,25 @@ impl Core {
         }
     }
 
+    /// Responder side of any inbound stream: answers its first frame, an anti-entropy opening
+    /// or a ping (None: drop the connection).
+    pub fn handle_stream_open(&mut self, now: Instant, frame: &[u8]) -> Option<StreamAnswer> {
+        match self.open_frame(frame)? {
+            SyncMsg::Open(state) => self.answer_sync(now, state).map(StreamAnswer::Sync),
+            SyncMsg::Ping { nonce } => Some(StreamAnswer::Pong(self.answer_stream_ping(nonce))),
+            _ => None,
+        }
+    }
+
     /// Responder side: answers a peer's opening frame (None: drop the connection).
     pub fn handle_sync_open(&mut self, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
         let Some(SyncMsg::Open(state)) = self.open_frame(frame) else {
             return None;
         };
+        self.answer_sync(now, state)
+    }
+
+    fn answer_sync(&mut self, now: Instant, state: SyncState) -> Option<Vec<u8>> {
         if !self.allowed(state.from) || state.from == self.me.node {
             self.stats.unknown_senders += 1;
             return None;

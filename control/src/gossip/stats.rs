@@ -41,4 +41,11 @@ pub struct GossipStats {
     pub refused_entries: u64,
     /// Datagrams the socket refused to send.
     pub send_errors: u64,
+    // Absent from the stats of releases before pings: default to 0 when read from one.
+    /// Pings (UDP and TCP) this node answered.
+    #[serde(default)]
+    pub pings_answered: u64,
+    /// Pongs that answered no pending UDP ping: late (after the caller gave up), or repeated.
+    #[serde(default)]
+    pub pongs_unmatched: u64,
 }

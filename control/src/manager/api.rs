@@ -14,8 +14,9 @@ use crate::cluster::token::JoinToken;
 use crate::rpc::messages::{Request, Response};
 use crate::store::{ClusterState, Command, NodeStatus, Role};
 
-/// How long a forwarded call may take (a write waits up to 5 s for its commit).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a forwarded call may take (a write waits up to 5 s for its commit, a diagnosis up
+/// to 10 s for every host).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a follower waits for an election to produce a leader before giving up.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
@@ -204,6 +205,7 @@ impl Manager {
                     rotate: false,
                 })
             }
+            ApiRequest::Diag(request) => self.diagnose(request).await,
             ApiRequest::GossipKeyRotate => match self.rotate_gossip_key().await {
                 Ok(id) => done(format!(
                     "gossip key {id} added; nodes encrypt with it from {} s on, and the oldest key beyond the last {} is dropped",

@@ -2,6 +2,7 @@
 //! leads, admitting nodes, answering the cluster API and watching node liveness.
 
 mod api;
+mod diag;
 mod join;
 mod liveness;
 pub mod logs;
@@ -73,6 +74,8 @@ pub struct Manager {
     /// Each node's gossip view of the endpoint table, as last shipped, and when (only
     /// meaningful while leading).
     endpoint_views: Mutex<HashMap<NodeId, (u64, Vec<crate::discovery::SeenEndpoint>)>>,
+    /// `meshctl diag` jobs in flight (only meaningful while leading).
+    diag: diag::DiagJobs,
     /// This node's gossip, whose failure detection feeds liveness.
     discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
 }
@@ -127,6 +130,7 @@ impl Manager {
             logs: Mutex::new(logs::LogBuffer::default()),
             discovery: Mutex::new(None),
             endpoint_views: Mutex::new(HashMap::new()),
+            diag: diag::DiagJobs::default(),
         });
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
         tokio::spawn(orchestrate::run(Arc::downgrade(&manager)));
@@ -394,8 +398,26 @@ impl Handler for Manager {
                 }
                 self.dispatch(&peer, report).await
             }
+            Request::DiagResult {
+                node_id,
+                job_id,
+                result,
+            } => {
+                let from_node = peer.as_ref().is_some_and(|p| {
+                    p.cluster_id == cluster_id && p.node_id == crate::api::format_node_id(node_id)
+                });
+                if !from_node {
+                    return Response::Refused("refused: a node may only report for itself".into());
+                }
+                self.diag_result(node_id, &job_id, result);
+                Response::Ok
+            }
             Request::Api(request) => {
-                if !is_manager_of(&peer, &cluster_id) {
+                // Any member may ask for a diagnosis; everything else is for managers.
+                let member = peer.as_ref().is_some_and(|p| p.cluster_id == cluster_id);
+                let allowed = is_manager_of(&peer, &cluster_id)
+                    || (member && matches!(request, crate::api::ApiRequest::Diag(_)));
+                if !allowed {
                     return Response::Refused(manager_only);
                 }
                 if !self.is_leader() {

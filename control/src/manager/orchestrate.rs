@@ -144,7 +144,11 @@ impl Manager {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(report.wait_ms.min(MAX_WAIT.as_millis() as u64));
         loop {
-            let assignments = self.read(|state| assignments_for(state, node_id));
+            // Armed before the check, so a job added in between is not missed.
+            let new_job = self.diag.wake.notified();
+            let mut assignments = self.read(|state| assignments_for(state, node_id));
+            assignments.diag = self.diag_jobs_for(node_id);
+            assignments.fingerprint = fingerprint(&assignments);
             if assignments.fingerprint != report.known
                 || tokio::time::Instant::now() >= deadline
                 || !self.is_leader()
@@ -153,6 +157,7 @@ impl Manager {
             }
             tokio::select! {
                 _ = changes.changed() => {}
+                _ = new_job => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -228,6 +233,7 @@ pub fn assignments_for(
         networks,
         data_path_port: state.cluster.as_ref().map_or(4789, |c| c.data_path_port),
         gossip,
+        diag: Vec::new(),
         fingerprint: 0,
     };
     assignments.fingerprint = fingerprint(&assignments);

@@ -109,6 +109,17 @@ impl LeaderClient {
         })
     }
 
+    /// A TLS handshake with the cluster port at `addr`, as this node's certificate allows.
+    pub async fn handshake(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(), crate::rpc::client::RpcError> {
+        Client::new(addr, Arc::clone(&self.tls), manager_server_name())
+            .handshake(timeout)
+            .await
+    }
+
     async fn client_for(&self, addr: &str) -> Arc<Client> {
         if let Some(current) = self.current.lock().await.as_ref() {
             if current.addr() == addr {

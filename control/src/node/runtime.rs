@@ -538,6 +538,26 @@ impl ClusterNode {
             None => ApiResponse::Error(
                 "this node is not part of a cluster; create one with `meshctl swarm init` or join one with `meshctl swarm join`".into(),
             ),
+            // Diagnostics run from any host: a worker asks the leader directly.
+            Some(Running {
+                manager: None,
+                leader,
+                ..
+            }) if matches!(request, ApiRequest::Diag(_)) => {
+                let leader = Arc::clone(leader);
+                drop(running);
+                // A connection of its own: the agent's reports, this node's own findings
+                // among them, must not queue behind this call.
+                let leader = leader.sibling().await;
+                match leader
+                    .call(&crate::rpc::messages::Request::Api(request), DIAG_CALL_TIMEOUT)
+                    .await
+                {
+                    Ok(crate::rpc::messages::Response::Api(answer)) => answer,
+                    Ok(other) => ApiResponse::Error(format!("the leader answered {other:?}")),
+                    Err(err) => ApiResponse::Error(err.to_string()),
+                }
+            }
             Some(Running { manager: None, .. }) => ApiResponse::Error(
                 "this node is a worker; run this on a manager (`meshctl node ls` there shows which nodes are managers)".into(),
             ),
@@ -551,6 +571,10 @@ impl ClusterNode {
         }
     }
 }
+
+/// How long a worker waits for the leader's answer to a diagnosis (the leader waits up to
+/// 10 s for every host).
+const DIAG_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn wait_until_voter(manager: &Manager) -> Result<(), String> {
     let id = manager.node_id();

@@ -102,6 +102,29 @@ impl Client {
         result
     }
 
+    /// Connects and completes a TLS handshake (the server proves it holds a certificate of
+    /// this cluster), then hangs up: a probe of the cluster port. No answer in time is
+    /// `Timeout`; a refusal or a failed handshake is `Connect`.
+    pub async fn handshake(&self, timeout: Duration) -> Result<(), RpcError> {
+        let failed = |reason: String| RpcError::Connect {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let timed_out = || RpcError::Timeout {
+            addr: self.addr.clone(),
+            timeout,
+        };
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::time::timeout(timeout, self.tls.connect(self.server_name.clone(), tcp))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<TlsStream<TcpStream>, RpcError> {
         let failed = |reason: String| RpcError::Connect {
             addr: self.addr.clone(),

@@ -37,6 +37,12 @@ pub enum Request {
     Leave,
     /// A node's agent reports its tasks and asks for its assignments.
     Agent(AgentReport),
+    /// A node's agent sends what a diagnosis job found.
+    DiagResult {
+        node_id: NodeId,
+        job_id: String,
+        result: crate::diag::DiagResult,
+    },
 }
 
 /// What an agent tells the dispatcher every half second.
@@ -91,6 +97,9 @@ pub struct Assignments {
     /// Keys and peers for gossip.
     #[serde(default)]
     pub gossip: GossipAssignment,
+    /// Diagnosis jobs this node must run now (`meshctl diag`).
+    #[serde(default)]
+    pub diag: Vec<crate::diag::DiagJob>,
     /// A digest of everything above, for the agent's next `known`.
     pub fingerprint: u64,
 }

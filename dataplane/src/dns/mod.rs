@@ -26,6 +26,7 @@
 //! dropped: answering them could start an endless exchange between two servers.
 
 mod answer;
+mod client;
 mod error;
 mod forward;
 mod server;
@@ -38,6 +39,7 @@ mod zone;
 #[cfg(test)]
 mod tests;
 
+pub use client::{query_a_in, QueryError};
 pub use error::DnsError;
 pub use forward::Upstream;
 pub use server::DnsServer;

@@ -118,6 +118,15 @@ pub struct Overlay {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// A network's remote entries as the kernel has them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The vxlan device's neighbour entries: remote endpoint IP → MAC.
+    pub neighbours: Vec<(Ipv4Addr, [u8; 6])>,
+    /// Its FDB entries: MAC → the VTEP frames for it are sent to.
+    pub fdb: Vec<([u8; 6], Ipv4Addr)>,
+}
+
 impl Overlay {
     /// A handle owning the networks pinned in `dir` (e.g. `<state_dir>/overlay`, created on
     /// first use). The calling thread's network namespace becomes the underlay: vxlan devices
@@ -183,6 +192,23 @@ impl Overlay {
             Some(err) => Err(err),
             None => Ok(applied),
         }
+    }
+
+    /// What the kernel holds for network `id` now: the vxlan device's neighbour entries
+    /// (IP → MAC) and FDB entries (MAC → VTEP), or None when the network is not on this host.
+    /// Read-only, for diagnostics: it changes nothing.
+    pub async fn observe(&self, id: &str) -> Result<Option<Observed>> {
+        let Some(ns) = Netns::open_pinned(&self.netns_path(id))? else {
+            return Ok(None);
+        };
+        let nl = Netlink::connect(&ns)?;
+        let Some(vxlan) = nl.link(names::VXLAN).await? else {
+            return Ok(Some(Observed::default()));
+        };
+        Ok(Some(Observed {
+            neighbours: nl.neighbours(vxlan.facts.index).await?,
+            fdb: nl.fdb(vxlan.facts.index).await?,
+        }))
     }
 
     /// Removes every network this handle's directory holds (namespaces, devices, veths).
@@ -255,6 +281,39 @@ pub fn underlay_mtu(local: Ipv4Addr, peer: Option<Ipv4Addr>) -> Result<u32> {
                         source,
                     })?;
                 runtime.block_on(reconcile::underlay_mtu(&ns, local, peer))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The name of the device holding `local` in the calling thread's namespace, if one does (the
+/// underlay interface diagnostics look at).
+pub fn interface_of(local: Ipv4Addr) -> Result<Option<String>> {
+    let ns = Netns::current("underlay")?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(|source| OverlayError::Io {
+                        operation: "starting a runtime for",
+                        path: "the interface query".into(),
+                        source,
+                    })?;
+                runtime.block_on(async {
+                    let nl = Netlink::connect(&ns)?;
+                    let Some(index) = nl.device_with_address(local).await? else {
+                        return Ok(None);
+                    };
+                    Ok(nl
+                        .links()
+                        .await?
+                        .into_iter()
+                        .find(|l| l.facts.index == index)
+                        .map(|l| l.name))
+                })
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))

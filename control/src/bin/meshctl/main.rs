@@ -2,6 +2,7 @@
 //! local lab, and diagnostics.
 
 mod cluster_cmd;
+mod diag_cmd;
 mod lab_cmd;
 mod network_cmd;
 mod output;
@@ -46,6 +47,9 @@ enum Command {
     /// Manage services and their tasks (on a manager).
     #[command(subcommand)]
     Service(service_cmd::ServiceCommand),
+    /// Find what the network between hosts drops: ports, firewall, MTU, overlay state.
+    #[command(subcommand)]
+    Diag(diag_cmd::DiagCommand),
     /// Local multi-host labs in network namespaces.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -71,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(command) => cluster_cmd::node(&socket, command),
         Command::Service(command) => service_cmd::service(&socket, command),
         Command::Network(command) => network_cmd::network(&socket, command),
+        Command::Diag(command) => diag_cmd::diag(&socket, command),
         Command::Info { format } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
