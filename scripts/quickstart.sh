@@ -74,5 +74,7 @@ Lab $LAB is up. Try:
   target/release/meshctl lab exec $LAB m1 -- meshctl service scale demo=6
   target/release/meshctl lab kill $LAB w1 ; target/release/meshctl lab exec $LAB m1 -- meshctl service ps demo
   target/release/meshctl lab logs $LAB m1
+  target/release/meshctl lab exec $LAB w1 -- meshctl diag ports     # every port between every pair of hosts
+  target/release/meshctl lab exec $LAB w1 -- meshctl diag overlay demo-net
 Remove it with: target/release/meshctl lab down $LAB
 MSG

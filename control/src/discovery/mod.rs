@@ -200,11 +200,7 @@ impl Discovery {
         target: SocketAddr,
         timeout: Duration,
     ) -> Result<Duration, PingError> {
-        let gossip = self.gossip.lock().expect("discovery lock").clone();
-        match gossip {
-            Some(gossip) => gossip.ping_udp(target, timeout).await,
-            None => Err(not_running()),
-        }
+        self.running_gossip()?.ping_udp(target, timeout).await
     }
 
     /// A gossip ping over a TCP stream to another node's gossip port.
@@ -213,11 +209,12 @@ impl Discovery {
         target: SocketAddr,
         timeout: Duration,
     ) -> Result<Duration, PingError> {
+        self.running_gossip()?.ping_tcp(target, timeout).await
+    }
+
+    fn running_gossip(&self) -> Result<Gossip, PingError> {
         let gossip = self.gossip.lock().expect("discovery lock").clone();
-        match gossip {
-            Some(gossip) => gossip.ping_tcp(target, timeout).await,
-            None => Err(not_running()),
-        }
+        gossip.ok_or_else(|| PingError::Unreachable("gossip has not started on this node yet (it starts with the first assignments from the managers)".into()))
     }
 
     /// A receiver that changes whenever the endpoint table or membership does.
@@ -255,10 +252,6 @@ impl Discovery {
         }
         *self.configured.lock().expect("discovery lock") = None;
     }
-}
-
-fn not_running() -> PingError {
-    PingError::Unreachable("gossip has not started on this node yet (it starts with the first assignments from the managers)".into())
 }
 
 /// The keyring of the cluster's keys, or None before the cluster has one (or when a key is

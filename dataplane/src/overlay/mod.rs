@@ -267,23 +267,8 @@ impl Overlay {
 /// `VXLAN_OVERHEAD`). Asked in the calling thread's network namespace.
 pub fn underlay_mtu(local: Ipv4Addr, peer: Option<Ipv4Addr>) -> Result<u32> {
     let ns = Netns::current("underlay")?;
-    // A scratch thread (same namespace: threads inherit it) runs its own small runtime, so
-    // this works from synchronous code and from inside a runtime alike.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .map_err(|source| OverlayError::Io {
-                        operation: "starting a runtime for",
-                        path: "the underlay MTU query".into(),
-                        source,
-                    })?;
-                runtime.block_on(reconcile::underlay_mtu(&ns, local, peer))
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    on_scratch_runtime("the underlay MTU query", || {
+        reconcile::underlay_mtu(&ns, local, peer)
     })
 }
 
@@ -291,6 +276,26 @@ pub fn underlay_mtu(local: Ipv4Addr, peer: Option<Ipv4Addr>) -> Result<u32> {
 /// underlay interface diagnostics look at).
 pub fn interface_of(local: Ipv4Addr) -> Result<Option<String>> {
     let ns = Netns::current("underlay")?;
+    on_scratch_runtime("the interface query", || async {
+        let nl = Netlink::connect(&ns)?;
+        let Some(index) = nl.device_with_address(local).await? else {
+            return Ok(None);
+        };
+        let links = nl.links().await?;
+        Ok(links
+            .into_iter()
+            .find(|l| l.facts.index == index)
+            .map(|l| l.name))
+    })
+}
+
+/// Runs a netlink query on a scratch thread (same namespace: threads inherit it) with its own
+/// small runtime, so it works from synchronous code and from inside a runtime alike.
+fn on_scratch_runtime<T, F>(what: &str, query: impl FnOnce() -> F + Send) -> Result<T>
+where
+    T: Send,
+    F: std::future::Future<Output = Result<T>>,
+{
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -299,21 +304,10 @@ pub fn interface_of(local: Ipv4Addr) -> Result<Option<String>> {
                     .build()
                     .map_err(|source| OverlayError::Io {
                         operation: "starting a runtime for",
-                        path: "the interface query".into(),
+                        path: what.into(),
                         source,
                     })?;
-                runtime.block_on(async {
-                    let nl = Netlink::connect(&ns)?;
-                    let Some(index) = nl.device_with_address(local).await? else {
-                        return Ok(None);
-                    };
-                    Ok(nl
-                        .links()
-                        .await?
-                        .into_iter()
-                        .find(|l| l.facts.index == index)
-                        .map(|l| l.name))
-                })
+                runtime.block_on(query())
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
