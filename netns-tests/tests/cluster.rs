@@ -16,7 +16,12 @@ fn run(lab: &TestLab, host: &str, args: &[&str]) -> Result<String, String> {
     let binary = meshctl();
     let mut argv = vec![binary.as_str()];
     argv.extend_from_slice(args);
-    let out = lab.lab().output(host, &argv).unwrap();
+    // A failed spawn (seen as EINVAL, rarely, while many labs run at once) is an error the
+    // callers' retry loops absorb, like any other failed call.
+    let out = lab
+        .lab()
+        .output(host, &argv)
+        .map_err(|err| format!("starting meshctl in {host}: {err}"))?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -310,7 +315,14 @@ fn force_new_cluster_recovers_from_the_one_surviving_manager() {
             &["node", "update", "w1", "--label-add", "after=force"],
         )
     })
-    .unwrap_or_else(|e| panic!("the recovered cluster refuses writes: {e}"));
+    .unwrap_or_else(|e| {
+        let log = std::fs::read_to_string(files.log()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "the recovered cluster refuses writes: {e}\nm1's log, newest first:\n{}",
+            tail.join("\n")
+        )
+    });
     let list = nodes(&lab, "m1");
     assert_eq!(leaders(&list), ["m1"]);
     assert_eq!(

@@ -129,11 +129,11 @@ impl TestNet {
 
     /// Replaces `ns`'s whole nftables ruleset (it dies with the namespace).
     fn nft(ns: &str, ruleset: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f", "-"])
+        let mut child = Command::new("nsenter")
+            .args([&format!("--net=/run/netns/{ns}"), "nft", "-f", "-"])
             .stdin(Stdio::piped())
             .spawn()
-            .expect("ip netns exec nft");
+            .expect("nsenter nft");
         let script = format!("flush ruleset\n{ruleset}\n");
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success(), "nft in {ns}: {ruleset}");
@@ -232,9 +232,30 @@ impl Drop for TestNet {
     }
 }
 
+/// `ip -n NS ...` and `ip netns exec NS ...` as `nsenter --net=/run/netns/NS ...`: both `ip`
+/// forms remount / in a new mount namespace, which fails where / is not a mount point (a
+/// chroot, as in CI's fresh check).
+fn in_netns_argv(args: &[&str]) -> Vec<String> {
+    let enter = |ns: &str, rest: &[&str]| {
+        let mut argv = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}")];
+        argv.extend(rest.iter().map(|a| a.to_string()));
+        argv
+    };
+    match args {
+        ["ip", "-n", ns, rest @ ..] => {
+            let mut argv = enter(ns, &["ip"]);
+            argv.extend(rest.iter().map(|a| a.to_string()));
+            argv
+        }
+        ["ip", "netns", "exec", ns, rest @ ..] => enter(ns, rest),
+        other => other.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
+    let argv = in_netns_argv(args);
+    let out = Command::new(&argv[0])
+        .args(&argv[1..])
         .output()
         .expect(args[0]);
     assert!(

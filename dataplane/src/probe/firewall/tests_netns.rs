@@ -41,11 +41,14 @@ impl Netns {
 
     /// Runs a command inside the namespace; its stdout. Panics (cleaning up) on failure.
     fn run(&self, program: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
+        // nsenter, not `ip netns exec`, which remounts / and fails where / is not a mount
+        // point (a chroot, as in CI's fresh check).
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program)
             .args(args)
             .output()
-            .expect("running ip netns exec");
+            .expect("running nsenter");
         assert!(
             out.status.success(),
             "{program} {args:?} in {}: {}",
