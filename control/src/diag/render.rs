@@ -195,7 +195,7 @@ pub fn overlay(report: &DiagReport) -> String {
                         p.ip.to_string(),
                         match p.rtt_us {
                             Some(us) if p.status == ProbeStatus::Ok => {
-                                format!("OK {:.2} ms", us as f64 / 1000.0)
+                                format!("OK {us} µs")
                             }
                             _ => p.status.as_str().to_string(),
                         },

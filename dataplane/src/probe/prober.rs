@@ -150,8 +150,10 @@ pub(crate) fn exchange(
     for attempt in 1..=ATTEMPTS {
         let attempt_end = start + timeout * attempt / ATTEMPTS;
         let nonce = sys::random_u64();
+        // Timed from before the send: over veth the whole round trip can complete inside it.
+        let sending = Instant::now();
         match transport.send(size, nonce) {
-            Ok(()) => sent.push((nonce, Instant::now())),
+            Ok(()) => sent.push((nonce, sending)),
             // Dropped on transmit (a full queue, or a veth peer with a smaller MTU): as if
             // lost on the way, which the next attempt may survive.
             Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {}
