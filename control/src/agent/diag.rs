@@ -71,7 +71,6 @@ impl Agent {
                 DiagJobKind::Overlay {
                     network_id,
                     network,
-                    mtu: _,
                     expected,
                 } => DiagResult::Overlay(self.check_overlay(network_id, network, expected).await),
             },
@@ -249,7 +248,7 @@ impl Agent {
             network: network.to_string(),
             ..OverlayCheck::default()
         };
-        let plan_id: String = network_id.chars().take(12).collect();
+        let plan_id = super::network::plan_id(network_id);
         let remote: Vec<&ExpectedEndpoint> = expected
             .iter()
             .filter(|e| e.node_id != self.node_id)
@@ -320,7 +319,7 @@ impl Agent {
                 ));
             }
         }
-        self.check_dns(network_id, expected, &mut check).await;
+        self.check_dns(expected, &mut check).await;
         let now = crate::manager::orchestrate::now_ms();
         for (at, change) in self.drift.lock().expect("agent lock").iter() {
             if change.network == plan_id && now.saturating_sub(*at) < DRIFT_WINDOW_MS {
@@ -331,18 +330,13 @@ impl Agent {
                 ));
             }
         }
-        check.pings = self.ping_other_hosts(network_id, expected).await;
+        check.pings = self.ping_other_hosts(expected).await;
         check
     }
 
     /// What a local task's own DNS server answers for each service's `tasks.` name, against
     /// the running tasks.
-    async fn check_dns(
-        &self,
-        network_id: &str,
-        expected: &[ExpectedEndpoint],
-        check: &mut OverlayCheck,
-    ) {
+    async fn check_dns(&self, expected: &[ExpectedEndpoint], check: &mut OverlayCheck) {
         let Some(asker) = expected.iter().find(|e| e.node_id == self.node_id) else {
             return;
         };
@@ -354,7 +348,6 @@ impl Agent {
                 .map_or(e.task_name.as_str(), |(s, _)| s);
             services.entry(service.to_string()).or_default().push(e.ip);
         }
-        let _ = network_id;
         for (service, mut want) in services {
             let netns = self.netns_dir.join(&asker.task_id);
             let name = format!("tasks.{service}");
@@ -389,12 +382,7 @@ impl Agent {
     }
 
     /// A ping from a local task to one task on every other host of the network.
-    async fn ping_other_hosts(
-        &self,
-        network_id: &str,
-        expected: &[ExpectedEndpoint],
-    ) -> Vec<PingCheck> {
-        let _ = network_id;
+    async fn ping_other_hosts(&self, expected: &[ExpectedEndpoint]) -> Vec<PingCheck> {
         let Some(from) = expected.iter().find(|e| e.node_id == self.node_id) else {
             return Vec::new();
         };

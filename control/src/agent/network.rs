@@ -14,7 +14,7 @@ use crate::runtime::netns;
 use crate::service::TaskState;
 
 /// The dataplane names a network by the first 12 characters of its ID.
-fn plan_id(network_id: &str) -> String {
+pub(super) fn plan_id(network_id: &str) -> String {
     network_id.chars().take(12).collect()
 }
 

@@ -78,7 +78,6 @@ pub enum DiagJobKind {
     Overlay {
         network_id: String,
         network: String,
-        mtu: u32,
         expected: Vec<ExpectedEndpoint>,
     },
 }

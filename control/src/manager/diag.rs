@@ -146,7 +146,6 @@ pub(super) fn plan(
                     let kind = DiagJobKind::Overlay {
                         network_id: network.id.clone(),
                         network: network.name.clone(),
-                        mtu: crate::network::effective_mtu(state, network),
                         expected: expected.clone(),
                     };
                     jobs.push((node, job(jobs.len(), kind)));
@@ -249,7 +248,7 @@ impl Manager {
         pending
             .values()
             .flat_map(|p| p.jobs.iter())
-            .filter(|(n, job)| *n == node && !job.id.is_empty())
+            .filter(|(n, _)| *n == node)
             .map(|(_, job)| job.clone())
             .collect()
     }
