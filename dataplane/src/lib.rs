@@ -9,5 +9,6 @@
 
 pub mod bpf;
 pub mod dns;
+pub mod lb;
 pub mod overlay;
 pub mod probe;
