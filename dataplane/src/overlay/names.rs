@@ -1,6 +1,7 @@
 //! Names of everything the overlay creates, derived from stable IDs, and MAC formatting. Pure:
 //! nothing here touches the kernel.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// The bridge of every network namespace.
@@ -11,6 +12,17 @@ pub const VXLAN: &str = "vxlan0";
 pub const NETNS_FILE_PREFIX: &str = "ns-";
 /// Prefix of the network-side end of a task's veth.
 pub const VETH_PREFIX: &str = "ve-";
+/// Prefix of a network's leg in the underlay namespace: `mg-<network id>`.
+pub const LEG_HOST_PREFIX: &str = "mg-";
+/// The leg's end inside every network namespace: an L3 device, not on the bridge, with no
+/// address; the namespace's default route leaves through it.
+pub const LEG_NS_IF: &str = "gw0";
+/// The next hop of a network namespace's default route (`via 169.254.0.2 dev gw0 onlink`).
+/// No device holds it: a permanent neighbour entry on `gw0` maps it to the host end's MAC.
+pub const LEG_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+/// The next hop the host namespace may route a network's subnet through (`via 169.254.0.1
+/// dev mg-<id> onlink`, with a neighbour entry to the namespace end's MAC). No device holds it.
+pub const LEG_NS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 /// Longest network ID (it appears in file names and, through the VNI, nowhere else).
 pub const MAX_NETWORK_ID_LEN: usize = 12;
 /// Longest interface name the kernel accepts (IFNAMSIZ less the NUL).
@@ -51,6 +63,39 @@ pub fn network_of_netns_file(file_name: &str) -> Option<&str> {
     file_name
         .strip_prefix(NETNS_FILE_PREFIX)
         .filter(|id| valid_network_id(id))
+}
+
+/// A network's leg: the veth pair joining its namespace to the underlay namespace, with the
+/// fixed MACs its ends carry (derived from the network ID, so a restart gives the same ones).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leg {
+    /// The end in the underlay (host) namespace: `mg-<id>`.
+    pub host_if: String,
+    /// The end in the network namespace: `gw0`.
+    pub ns_if: String,
+    /// The MAC of `host_if`.
+    pub host_mac: [u8; 6],
+    /// The MAC of `ns_if`.
+    pub ns_mac: [u8; 6],
+}
+
+/// The underlay-side end of network `id`'s leg: `mg-<id>` (at most 15 characters for a valid
+/// ID).
+pub fn leg_host(id: &str) -> String {
+    format!("{LEG_HOST_PREFIX}{id}")
+}
+
+/// Network `id`'s leg: names and MACs. Both MACs are locally administered unicast addresses:
+/// `02:6d:..` (host end, "m") and `02:67:..` (namespace end, "g"), then four bytes of a hash
+/// of the ID.
+pub fn leg(id: &str) -> Leg {
+    let [a, b, c, d, ..] = fnv1a(id.as_bytes()).to_be_bytes();
+    Leg {
+        host_if: leg_host(id),
+        ns_if: LEG_NS_IF.to_string(),
+        host_mac: [0x02, 0x6d, a, b, c, d],
+        ns_mac: [0x02, 0x67, a, b, c, d],
+    }
 }
 
 /// The network-side veth of a task: `ve-` and the task ID when it is at most 12 characters of
@@ -156,6 +201,26 @@ mod tests {
         assert!(valid_ifname(&name), "{name}");
         assert!(name.starts_with(&a));
         assert_eq!(temp_vxlan_name("mvx0000", 0x1f), "mvx00000001f");
+    }
+
+    #[test]
+    fn legs_fit_and_keep_their_macs() {
+        let leg = leg("abcdefghij12");
+        assert_eq!(leg.host_if, "mg-abcdefghij12");
+        assert!(valid_ifname(&leg.host_if));
+        assert_eq!(leg.ns_if, "gw0");
+        assert_eq!(leg, super::leg("abcdefghij12"));
+        for mac in [leg.host_mac, leg.ns_mac] {
+            assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        }
+        assert_ne!(leg.host_mac, leg.ns_mac);
+        assert_ne!(super::leg("net1").host_mac, super::leg("net2").host_mac);
+        // Golden: a restart (or another build) must derive the same MACs.
+        assert_eq!(super::leg("net1").host_mac[..2], [0x02, 0x6d]);
+        assert_eq!(
+            super::leg("net1").ns_mac[2..],
+            super::leg("net1").host_mac[2..]
+        );
     }
 
     #[test]

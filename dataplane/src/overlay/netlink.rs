@@ -396,6 +396,28 @@ impl Netlink {
         .await
     }
 
+    /// Sets the main table's default route to `via gateway dev index onlink` (a gateway no
+    /// address of the device covers).
+    pub async fn replace_default_route_onlink(
+        &self,
+        gateway: Ipv4Addr,
+        index: u32,
+        device: &str,
+    ) -> Result<()> {
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(index)
+            .onlink()
+            .build();
+        self.change(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("setting the default route via {gateway} dev {device} onlink"),
+        )
+        .await
+    }
+
     /// The route to `dst` (`ip route get`): its output device and its MTU metric, if any.
     pub async fn route_to(&self, dst: Ipv4Addr) -> Result<(Option<u32>, Option<u32>)> {
         let mut message = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -10,7 +10,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 
 use super::error::{OverlayError, Result};
-use super::names::{veth_name, BRIDGE, VXLAN};
+use super::names::{self as ifnames, veth_name, BRIDGE, LEG_HOST_ADDR, VXLAN};
 use super::netlink::{Link, Netlink};
 use super::netns::{self, Netns};
 use super::plan::{self, LinkFixes, LinkWant, VxlanFacts};
@@ -74,7 +74,172 @@ pub async fn network(ctx: &Ctx<'_>, net: &NetworkPlan, applied: &mut Applied) ->
         }
     }
     remote_entries(&nl, net, vxlan, applied).await?;
+    if let Err(err) = leg(ctx, &ns, &nl, net, applied).await {
+        first_error.get_or_insert(err);
+    }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The sysctl that makes the network namespace route between its leg and its bridge.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Converges the network's leg: the veth pair `mg-<id>` (underlay namespace) / `gw0` (network
+/// namespace, not on the bridge, no address), both up with their fixed MACs and the underlay
+/// device's MTU; forwarding on in the network namespace; a permanent neighbour
+/// `169.254.0.2 → mg-<id>'s MAC` on `gw0` and the default route `via 169.254.0.2 dev gw0
+/// onlink`. Ingress traffic enters the network through it, and the tasks' replies to
+/// addresses outside the overlay leave through it.
+async fn leg(
+    ctx: &Ctx<'_>,
+    ns: &Netns,
+    nl: &Netlink,
+    net: &NetworkPlan,
+    applied: &mut Applied,
+) -> Result<()> {
+    let leg = ifnames::leg(&net.id);
+    let mtu = leg_mtu(ctx).await?;
+    let host = ctx.underlay.link(&leg.host_if).await?;
+    let inner = nl.link(&leg.ns_if).await?;
+    let paired = match (&host, &inner) {
+        (Some(h), Some(i)) => {
+            is_veth(h)
+                && is_veth(i)
+                && h.peer == Some(i.facts.index)
+                && i.peer == Some(h.facts.index)
+        }
+        _ => false,
+    };
+    if !paired {
+        let mut reason = String::new();
+        if let Some(h) = &host {
+            if !is_veth(h) {
+                return Err(OverlayError::Conflict {
+                    what: format!("device {}", leg.host_if),
+                    netns: ctx.underlay.netns().to_string(),
+                    detail: format!("a {} device, not network {}'s leg", kind_of(h), net.id),
+                });
+            }
+            ctx.underlay.del_link(h.facts.index, &leg.host_if).await?;
+            reason = format!("{} was not paired with {}", leg.host_if, leg.ns_if);
+        }
+        // Deleting the host end took its peer along; anything still called gw0 is stale.
+        if let Some(i) = nl.link(&leg.ns_if).await? {
+            nl.del_link(i.facts.index, &leg.ns_if).await?;
+            reason = format!("{} was not paired with {}", leg.ns_if, leg.host_if);
+        }
+        let peer = LinkUnspec::new_with_name(&leg.ns_if)
+            .mtu(mtu)
+            .address(leg.ns_mac.to_vec())
+            .setns_by_fd(ns.fd().as_raw_fd())
+            .build();
+        let message = LinkVeth::new(&leg.host_if, &leg.ns_if)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(mtu)
+            .address(leg.host_mac.to_vec())
+            .up()
+            .build();
+        ctx.underlay
+            .add_link(
+                message,
+                format!(
+                    "creating leg {} with peer {} in {}",
+                    leg.host_if,
+                    leg.ns_if,
+                    ns.label()
+                ),
+            )
+            .await?;
+        applied.push(&net.id, created_or_recreated(&leg.host_if, reason));
+    }
+    let host = require_link(ctx.underlay, &leg.host_if).await?;
+    let want = LinkWant {
+        mtu,
+        master: None,
+        mac: Some(leg.host_mac),
+    };
+    fix_link(ctx.underlay, &host, &want, &net.id, applied).await?;
+    let inner = require_link(nl, &leg.ns_if).await?;
+    let want = LinkWant {
+        mtu,
+        master: None,
+        mac: Some(leg.ns_mac),
+    };
+    fix_link(nl, &inner, &want, &net.id, applied).await?;
+    sync_addresses(nl, &inner, &leg.ns_if, &[], &net.id, applied).await?;
+
+    let forwarding = ns
+        .run(|| {
+            let value = std::fs::read_to_string(IP_FORWARD)?;
+            if value.trim() == "1" {
+                return Ok(false);
+            }
+            std::fs::write(IP_FORWARD, "1")?;
+            Ok(true)
+        })
+        .map_err(|source| OverlayError::Io {
+            operation: "enabling forwarding in the network namespace through",
+            path: IP_FORWARD.into(),
+            source,
+        })?;
+    if forwarding {
+        applied.push(
+            &net.id,
+            Action::SysctlSet {
+                key: "net.ipv4.ip_forward".into(),
+                value: "1".into(),
+            },
+        );
+    }
+
+    let index = inner.facts.index;
+    let neighbours = nl.neighbours(index).await?;
+    if neighbours != [(LEG_HOST_ADDR, leg.host_mac)] {
+        for (ip, _) in neighbours.iter().filter(|(ip, _)| *ip != LEG_HOST_ADDR) {
+            nl.del_neighbour(index, *ip).await?;
+        }
+        if !neighbours.contains(&(LEG_HOST_ADDR, leg.host_mac)) {
+            nl.set_neighbour(index, LEG_HOST_ADDR, leg.host_mac).await?;
+            applied.push(
+                &net.id,
+                Action::NeighbourSet {
+                    ip: LEG_HOST_ADDR,
+                    mac: leg.host_mac,
+                },
+            );
+        }
+    }
+    let routes = nl.default_routes().await?;
+    if routes != [(Some(LEG_HOST_ADDR), Some(index))] {
+        nl.replace_default_route_onlink(LEG_HOST_ADDR, index, &leg.ns_if)
+            .await?;
+        applied.push(
+            &net.id,
+            Action::RouteSet {
+                device: leg.ns_if.clone(),
+                gateway: LEG_HOST_ADDR,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The leg's MTU: the underlay device's (ingress packets are underlay-sized), or 1500 when no
+/// device of the underlay namespace holds the underlay address.
+async fn leg_mtu(ctx: &Ctx<'_>) -> Result<u32> {
+    let Some(index) = ctx
+        .underlay
+        .device_with_address(ctx.host.underlay_ip)
+        .await?
+    else {
+        return Ok(1500);
+    };
+    Ok(ctx
+        .underlay
+        .links()
+        .await?
+        .iter()
+        .find(|l| l.facts.index == index)
+        .map_or(1500, |l| l.facts.mtu))
 }
 
 /// Creates `br0` if it is missing (or is not a bridge), and fixes its MTU, state and address.
@@ -348,8 +513,8 @@ async fn remote_entries(
     Ok(())
 }
 
-/// Removes a network: every device of its namespace (a veth takes its task-side peer with
-/// it), then the pin. Devices go explicitly rather than with the namespace, whose teardown
+/// Removes a network: every device of its namespace (a veth takes its peer with it: the task
+/// end, or the leg's `mg-<id>` in the underlay), then the pin. Devices go explicitly rather than with the namespace, whose teardown
 /// the kernel defers: the VNI and the task interfaces are free when this returns.
 pub async fn remove_network(path: &Path) -> Result<()> {
     if let Some(ns) = Netns::open_pinned(path)? {

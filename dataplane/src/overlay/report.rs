@@ -94,7 +94,15 @@ pub enum Action {
         /// The gateway.
         gateway: Ipv4Addr,
     },
-    /// A neighbour entry (IP → MAC) was set on the vxlan device.
+    /// A sysctl of the network namespace was set.
+    SysctlSet {
+        /// Its name: "net.ipv4.ip_forward".
+        key: String,
+        /// The value written.
+        value: String,
+    },
+    /// A neighbour entry (IP → MAC) was set on the vxlan device (or, for the leg's next hop,
+    /// on `gw0`).
     NeighbourSet {
         /// The remote endpoint's IP.
         ip: Ipv4Addr,
@@ -162,6 +170,7 @@ impl fmt::Display for Change {
             Action::RouteSet { device, gateway } => {
                 write!(f, "{device} default route via {gateway}")
             }
+            Action::SysctlSet { key, value } => write!(f, "sysctl {key} = {value}"),
             Action::NeighbourSet { ip, mac } => write!(f, "neighbour {ip} -> {}", fmt_mac(mac)),
             Action::NeighbourRemoved { ip, mac } => {
                 write!(f, "neighbour {ip} -> {} removed", fmt_mac(mac))
