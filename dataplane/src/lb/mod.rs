@@ -18,16 +18,25 @@
 //! enters the network through it, and replies leave through it, straight out of the backend's
 //! host (direct server return: the task sees the client's address).
 
+pub mod bpf;
 mod error;
 pub mod maglev;
+pub mod nft;
+pub mod vip;
 
 pub use error::{LbCounter, LbError};
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
+/// The first VNI of the routing mesh's range, `MESH_VNI_BASE..=MESH_VNI_BASE | 0xFFFF`: a
+/// packet the ingress host sends to a backend's host carries the published port in its VNI's
+/// low 16 bits. Overlay networks get VNIs below it.
+pub const MESH_VNI_BASE: u32 = 0xFE_0000;
+
 /// The path a host balances with, as asked on the command line (`--lb-mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LbMode {
     /// BPF at the faster hook for the interface kind (TC on veth, XDP on NICs with native
     /// XDP), nftables if BPF cannot attach.
