@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use dataplane::lb::LbMode;
+
 /// The cluster API and Raft port.
 pub const DEFAULT_CLUSTER_PORT: u16 = 2377;
 /// The VXLAN data-path port.
@@ -116,6 +118,9 @@ pub struct ConfigFile {
     /// Resolvers the embedded DNS forwards names outside the cluster to, as `ip:port` or
     /// `ip` (default: the nameservers of /etc/resolv.conf; `[]` forwards nothing).
     pub dns_upstreams: Option<Vec<String>>,
+    /// How published ports are balanced: auto (BPF at the faster hook, nftables where BPF
+    /// cannot attach), xdp, tc or nftables (default auto).
+    pub lb_mode: Option<String>,
 }
 
 impl ConfigFile {
@@ -154,6 +159,7 @@ impl ConfigFile {
             containerd_namespace: flags.containerd_namespace.or(self.containerd_namespace),
             image_dir: flags.image_dir.or(self.image_dir),
             dns_upstreams: flags.dns_upstreams.or(self.dns_upstreams),
+            lb_mode: flags.lb_mode.or(self.lb_mode),
         }
     }
 
@@ -271,7 +277,12 @@ impl ConfigFile {
             ),
             None => None,
         };
+        let lb_mode = match &self.lb_mode {
+            Some(text) => LbMode::parse(text).map_err(|why| invalid("lb_mode", why))?,
+            None => LbMode::Auto,
+        };
         Ok(Config {
+            lb_mode,
             runtime,
             dns_upstreams,
             image_dir,
@@ -318,6 +329,8 @@ pub struct Config {
     pub image_dir: PathBuf,
     /// Where the embedded DNS forwards other names; None means /etc/resolv.conf's.
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// The load balancer's path.
+    pub lb_mode: LbMode,
 }
 
 /// Which runtime runs this node's tasks.
@@ -432,6 +445,21 @@ mod tests {
         let config = file.overlaid(flags).resolve("h").unwrap();
         assert_eq!(config.data_path_port, 6789);
         assert_eq!(config.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn lb_mode_defaults_to_auto_and_names_the_choices() {
+        assert_eq!(resolve("").unwrap().lb_mode, LbMode::Auto);
+        assert_eq!(
+            resolve("lb_mode = \"nftables\"").unwrap().lb_mode,
+            LbMode::Nftables
+        );
+        assert_eq!(resolve("lb_mode = \"xdp\"").unwrap().lb_mode, LbMode::Xdp);
+        let err = resolve("lb_mode = \"ipvs\"").unwrap_err().to_string();
+        assert!(
+            err.contains("lb_mode") && err.contains("auto, xdp, tc or nftables"),
+            "{err}"
+        );
     }
 
     #[test]

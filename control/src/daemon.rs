@@ -100,6 +100,7 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
             gossip_port: config.gossip_port,
             dns_upstreams: config.dns_upstreams.clone(),
         },
+        lb_mode: config.lb_mode,
     });
     if force_new_cluster {
         let recovered = cluster.force_new_cluster().map_err(DaemonError::Cluster)?;

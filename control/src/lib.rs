@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod diag;
 pub mod discovery;
 pub mod gossip;
+pub mod ingress;
 pub mod local_api;
 pub mod manager;
 pub mod network;

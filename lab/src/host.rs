@@ -13,7 +13,7 @@ use crate::error::{LabError, Result};
 use crate::lab::Lab;
 use crate::net;
 use crate::spec::{self, host_netns, switch_netns, TaskRuntime};
-use crate::state::{image_dir, HostFiles, HostState, Power};
+use crate::state::{image_dir, HostFiles, HostState, LabState, Power};
 use crate::sys;
 
 /// How long meshd may take to open its control socket after it starts.
@@ -113,7 +113,7 @@ impl Lab {
         let containerd = self.containerd_expected(index).then(|| files.containerd());
         fs::write(
             files.config(),
-            daemon_config(&host, &files, containerd.as_ref(), self.state.dns_upstream),
+            daemon_config(&host, &files, containerd.as_ref(), &self.state),
         )
         .map_err(LabError::io("writing", files.config()))?;
         let log = OpenOptions::new()
@@ -224,7 +224,7 @@ fn daemon_config(
     host: &HostState,
     files: &HostFiles,
     containerd: Option<&ContainerdFiles>,
-    dns_upstream: Option<std::net::Ipv4Addr>,
+    lab: &LabState,
 ) -> String {
     let mut config = format!(
         "# Written by the lab for host {name}; the lab rewrites it on every start.\n\
@@ -236,7 +236,9 @@ fn daemon_config(
          log_level = \"info\"\n\
          image_dir = \"{images}\"\n\
          dns_upstreams = [{upstream}]\n",
-        upstream = dns_upstream.map_or_else(String::new, |ip| format!("\"{ip}\"")),
+        upstream = lab
+            .dns_upstream
+            .map_or_else(String::new, |ip| format!("\"{ip}\"")),
         name = host.name,
         addr = host.address,
         state = files.state_dir().display(),
@@ -247,6 +249,9 @@ fn daemon_config(
             "containerd_socket = \"{}\"\n",
             containerd.socket().display()
         ));
+    }
+    if let Some(mode) = &lab.lb_mode {
+        config.push_str(&format!("lb_mode = \"{mode}\"\n"));
     }
     config
 }

@@ -93,6 +93,7 @@ impl Lab {
                 link: spec.link,
                 meshd,
                 runtime: spec.runtime,
+                lb_mode: spec.lb_mode.clone(),
                 dns_upstream: match &spec.dns_upstream_host {
                     Some(name) => Some(
                         hosts

@@ -187,6 +187,8 @@ pub struct LabSpec {
     /// A lab host (usually a client) whose address the daemons' embedded DNS forwards
     /// outside names to; without one they forward nothing, so no query leaves the lab.
     pub dns_upstream_host: Option<String>,
+    /// meshd's `lb_mode` on every host (auto, xdp, tc or nftables); None keeps meshd's default.
+    pub lb_mode: Option<String>,
 }
 
 impl LabSpec {
@@ -202,6 +204,7 @@ impl LabSpec {
             form_cluster: true,
             runtime: TaskRuntime::Process,
             dns_upstream_host: None,
+            lb_mode: None,
         }
     }
 

@@ -71,6 +71,9 @@ pub struct LabState {
     /// Where the daemons' embedded DNS forwards outside names (a lab host's address).
     #[serde(default)]
     pub dns_upstream: Option<Ipv4Addr>,
+    /// meshd's `lb_mode`, when the lab sets one.
+    #[serde(default)]
+    pub lb_mode: Option<String>,
     /// Hosts in creation order.
     pub hosts: Vec<HostState>,
     /// Cut host pairs, each stored once with the smaller name first.

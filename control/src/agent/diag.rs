@@ -73,6 +73,7 @@ impl Agent {
                     network,
                     expected,
                 } => DiagResult::Overlay(self.check_overlay(network_id, network, expected).await),
+                DiagJobKind::Lb => DiagResult::Lb(self.balancer.check()),
             },
         };
         let request = Request::DiagResult {

@@ -37,6 +37,10 @@ const WATCH_WAIT: Duration = Duration::from_millis(1500);
 const VIEW_REFRESH: Duration = Duration::from_secs(5);
 /// How long a stopped task has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a running task on a network drains before it is sent SIGTERM: it is out of every
+/// load balancer's table for new flows (gossip spreads that in milliseconds) while the flows
+/// it has finish.
+pub const DRAIN_PERIOD: Duration = Duration::from_secs(2);
 
 /// What the agent knows of one of its tasks.
 #[derive(Clone, Debug)]
@@ -48,6 +52,16 @@ struct LocalTask {
     stopping: bool,
     /// Lines read so far (the next line is numbered one more).
     lines: u64,
+}
+
+/// The parts of the node's networking an agent uses, which outlive it.
+pub struct AgentNetwork {
+    /// Gossip and the tasks' DNS servers.
+    pub discovery: Arc<crate::discovery::Discovery>,
+    /// The gossip port, as the node describes itself.
+    pub gossip_port: u16,
+    /// The routing mesh and service VIPs.
+    pub balancer: Arc<crate::ingress::Balancer>,
 }
 
 /// The node's agent.
@@ -86,6 +100,10 @@ pub struct Agent {
     /// The dispatcher's last answer, which the overlay is built from.
     last: Mutex<Option<Arc<Assignments>>>,
     reconciling: tokio::sync::Mutex<()>,
+    /// The routing mesh and service VIPs.
+    balancer: Arc<crate::ingress::Balancer>,
+    /// The underlay interface, its MTU: found once, at the first convergence.
+    underlay: Mutex<Option<crate::ingress::plan::Underlay>>,
 }
 
 impl Agent {
@@ -97,10 +115,16 @@ impl Agent {
         state_dir: &std::path::Path,
         leader: Arc<LeaderClient>,
         underlay_ip: Option<std::net::Ipv4Addr>,
-        discovery: Arc<crate::discovery::Discovery>,
-        gossip_port: u16,
+        network: AgentNetwork,
     ) -> Arc<Agent> {
+        let AgentNetwork {
+            discovery,
+            gossip_port,
+            balancer,
+        } = network;
         Arc::new(Agent {
+            balancer,
+            underlay: Mutex::new(None),
             node_id,
             underlay_ip,
             discovery,

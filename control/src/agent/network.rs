@@ -157,12 +157,14 @@ impl Agent {
             let (task, Some(spec)) = (&assignment.task, &assignment.spec) else {
                 continue;
             };
-            let running = tasks
+            // A stopping task stays listed, as draining, until it has exited: load balancers
+            // keep its flows and give it no new ones, DNS no longer names it.
+            let Some(local) = tasks
                 .get(&task.id)
-                .is_some_and(|t| t.state == TaskState::Running && !t.stopping);
-            if !running {
+                .filter(|t| t.state == TaskState::Running)
+            else {
                 continue;
-            }
+            };
             for attachment in &task.attachments {
                 endpoints.push(SeenEndpoint {
                     network_id: attachment.network_id.clone(),
@@ -175,7 +177,8 @@ impl Agent {
                     ip: attachment.ip,
                     vtep,
                     // Health checks come with their own states; until then running is healthy.
-                    healthy: true,
+                    healthy: !local.stopping,
+                    draining: local.stopping,
                 });
             }
         }
@@ -224,6 +227,7 @@ impl Agent {
             underlay_ip,
             &self.netns_dir,
         );
+        let plan_tasks = vip_tasks(&plan);
         let unchanged = self.last_plan.lock().expect("agent lock").as_ref() == Some(&plan);
         let data_path_port = plan.data_path_port;
         match self.overlay.apply(&plan).await {
@@ -243,5 +247,92 @@ impl Agent {
             }
         }
         self.ensure_probe_responder(underlay_ip, data_path_port);
+        self.apply_balancer(
+            &assignments,
+            &seen,
+            &plan_tasks,
+            underlay_ip,
+            data_path_port,
+        )
+        .await;
     }
+
+    /// Converges the routing mesh and the VIPs after the overlay (their legs and veths exist
+    /// by then).
+    async fn apply_balancer(
+        &self,
+        assignments: &Assignments,
+        seen: &[SeenEndpoint],
+        vip_tasks: &[dataplane::lb::vip::VipTask],
+        underlay_ip: Ipv4Addr,
+        data_path_port: u16,
+    ) {
+        let Some(underlay) = self.underlay(underlay_ip, data_path_port).await else {
+            return;
+        };
+        let desired = crate::ingress::plan::desired(assignments, seen, &underlay);
+        let balancer = Arc::clone(&self.balancer);
+        let vip_tasks = vip_tasks.to_vec();
+        let applied =
+            tokio::task::spawn_blocking(move || balancer.apply(&desired, &vip_tasks)).await;
+        if let Err(err) = applied {
+            tracing::warn!(error = %err, "the load balancer's convergence panicked");
+        }
+    }
+
+    /// The underlay interface holding `ip`, and its MTU, found once.
+    async fn underlay(
+        &self,
+        ip: Ipv4Addr,
+        data_path_port: u16,
+    ) -> Option<crate::ingress::plan::Underlay> {
+        if let Some(known) = self
+            .underlay
+            .lock()
+            .expect("agent lock")
+            .as_ref()
+            .filter(|u| u.data_path_port == data_path_port)
+        {
+            return Some(known.clone());
+        }
+        let found = tokio::task::spawn_blocking(move || {
+            let interface = dataplane::overlay::interface_of(ip)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no interface holds {ip}"))?;
+            let mtu = dataplane::overlay::underlay_mtu(ip, None).map_err(|e| e.to_string())?;
+            Ok::<_, String>((interface, mtu))
+        })
+        .await;
+        match found {
+            Ok(Ok((interface, mtu))) => {
+                let underlay = crate::ingress::plan::Underlay {
+                    ip,
+                    interface,
+                    mtu,
+                    data_path_port,
+                };
+                *self.underlay.lock().expect("agent lock") = Some(underlay.clone());
+                Some(underlay)
+            }
+            Ok(Err(why)) => {
+                tracing::warn!(error = %why, "finding the underlay interface; published ports wait");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// The veths of this host's tasks, for VIP balancing.
+fn vip_tasks(plan: &HostOverlay) -> Vec<dataplane::lb::vip::VipTask> {
+    plan.networks
+        .iter()
+        .filter(|n| n.id != PROBE_NETWORK)
+        .flat_map(|n| {
+            n.local.iter().map(|l| dataplane::lb::vip::VipTask {
+                network_id: n.id.clone(),
+                veth: dataplane::overlay::names::veth_name(&l.task_id),
+            })
+        })
+        .collect()
 }

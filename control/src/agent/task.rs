@@ -141,9 +141,34 @@ impl Agent {
     /// Stops a task; its watcher reports Shutdown once it has exited (a task still being
     /// prepared or started is stopped by `start` when it sees the flag).
     pub(super) async fn stop(self: Arc<Self>, id: String) {
+        if self.serves_traffic(&id) {
+            // `mark_stopping` published it as draining; give its flows time to finish.
+            tokio::time::sleep(super::DRAIN_PERIOD).await;
+        }
         if let Err(err) = self.runtime.stop(&id, STOP_GRACE).await {
             tracing::warn!(task = %id, error = %err, "stopping a task");
         }
+    }
+
+    /// Whether the task runs and is on a network, so load balancers may send it flows.
+    fn serves_traffic(&self, id: &str) -> bool {
+        let running = self
+            .tasks
+            .lock()
+            .expect("agent lock")
+            .get(id)
+            .is_some_and(|t| t.state == TaskState::Running);
+        let attached = self
+            .last
+            .lock()
+            .expect("agent lock")
+            .as_ref()
+            .is_some_and(|a| {
+                a.tasks
+                    .iter()
+                    .any(|t| t.task.id == id && !t.task.attachments.is_empty())
+            });
+        running && attached
     }
 
     /// Stops a task an earlier agent left behind that is no longer wanted; no watcher runs

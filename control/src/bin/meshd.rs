@@ -69,6 +69,9 @@ struct Args {
     /// A resolver tasks' DNS forwards outside names to, ip or ip:port (repeatable).
     #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
     dns_upstreams: Vec<String>,
+    /// How published ports are balanced: auto, xdp, tc or nftables [default: auto].
+    #[arg(long, value_name = "MODE")]
+    lb_mode: Option<String>,
 }
 
 impl Args {
@@ -88,6 +91,7 @@ impl Args {
             containerd_namespace: self.containerd_namespace.clone(),
             image_dir: self.image_dir.clone(),
             dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
+            lb_mode: self.lb_mode.clone(),
         }
     }
 }

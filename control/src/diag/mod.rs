@@ -21,6 +21,8 @@ pub enum DiagRequest {
     /// FDB, neighbour and DNS state against the endpoint table, and task-to-task pings, on one
     /// network (or every network).
     Overlay { network: Option<String> },
+    /// Each host's load-balancer path (xdp, tc or nftables) and its counters.
+    Lb { nodes: Vec<String> },
 }
 
 /// A host a probe goes to.
@@ -80,6 +82,8 @@ pub enum DiagJobKind {
         network: String,
         expected: Vec<ExpectedEndpoint>,
     },
+    /// Report the load balancer's path and counters.
+    Lb,
 }
 
 /// How one probe went.
@@ -173,6 +177,24 @@ pub struct PingCheck {
     pub rtt_us: Option<u64>,
 }
 
+/// One host's load balancer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbCheck {
+    /// `--lb-mode` as configured: auto, xdp, tc or nftables.
+    pub mode: String,
+    /// The path published ports use (xdp, tc, nftables), once the balancer runs.
+    pub path: Option<String>,
+    /// The path service VIPs use, when they have one.
+    pub vip_path: Option<String>,
+    /// Why the balancer (or its VIP part) does not run, when it does not.
+    pub error: Option<String>,
+    /// Balanced sets (published ports or VIPs) and backends programmed.
+    pub services: usize,
+    pub backends: usize,
+    /// Counters by name (`drop:<reason>`, `forward:<how>`, ...), summed over CPUs.
+    pub counters: Vec<(String, u64)>,
+}
+
 /// What one agent found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiagResult {
@@ -182,6 +204,8 @@ pub enum DiagResult {
     Mtu(Vec<MtuCheck>),
     /// Answer to Overlay.
     Overlay(OverlayCheck),
+    /// Answer to Lb.
+    Lb(LbCheck),
     /// The job could not run; why.
     Failed(String),
 }
@@ -219,6 +243,7 @@ impl DiagReport {
                         || !check.repaired.is_empty()
                         || check.pings.iter().any(|p| p.status != ProbeStatus::Ok)
                 }
+                DiagResult::Lb(check) => check.error.is_some() || check.path.is_none(),
                 DiagResult::Failed(_) => true,
             })
     }

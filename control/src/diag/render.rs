@@ -217,10 +217,101 @@ pub fn overlay(report: &DiagReport) -> String {
     text
 }
 
+/// `diag lb`: a row per host (path, what it balances, forwarded and dropped packets), then
+/// every non-zero counter per host.
+pub fn lb(report: &DiagReport) -> String {
+    let mut out = String::new();
+    let mut rows = vec![[
+        "HOST",
+        "MODE",
+        "PATH",
+        "VIP PATH",
+        "SETS",
+        "BACKENDS",
+        "FORWARDED",
+        "DROPPED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for host in &report.hosts {
+        match &host.result {
+            DiagResult::Lb(check) => {
+                let sum = |prefix: &str| -> u64 {
+                    check
+                        .counters
+                        .iter()
+                        .filter(|(name, _)| name.starts_with(prefix))
+                        .map(|(_, n)| n)
+                        .sum()
+                };
+                rows.push(vec![
+                    host.node.clone(),
+                    check.mode.clone(),
+                    check.path.clone().unwrap_or_else(|| "NONE".into()),
+                    check.vip_path.clone().unwrap_or_else(|| "-".into()),
+                    check.services.to_string(),
+                    check.backends.to_string(),
+                    sum("forward:").to_string(),
+                    sum("drop:").to_string(),
+                ]);
+                if let Some(error) = &check.error {
+                    out.push_str(&format!("{}: {error}\n", host.node));
+                }
+                for (name, n) in check.counters.iter().filter(|(_, n)| *n > 0) {
+                    out.push_str(&format!("{}: {name} {n}\n", host.node));
+                }
+            }
+            DiagResult::Failed(why) => {
+                out.push_str(&format!("{}: could not check: {why}\n", host.node))
+            }
+            _ => {}
+        }
+    }
+    silent(report, &mut out);
+    let mut text = table(&rows);
+    if !out.is_empty() {
+        text.push('\n');
+        text.push_str(&out);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::{HostResult, MtuCheck, PortCheck};
+    use crate::diag::{HostResult, LbCheck, MtuCheck, PortCheck};
+
+    #[test]
+    fn the_lb_table_sums_forwards_and_drops_and_lists_each_counter() {
+        let report = DiagReport {
+            hosts: vec![HostResult {
+                node: "w1".into(),
+                result: DiagResult::Lb(LbCheck {
+                    mode: "auto".into(),
+                    path: Some("tc".into()),
+                    vip_path: Some("tc".into()),
+                    error: None,
+                    services: 1,
+                    backends: 3,
+                    counters: vec![
+                        ("forward:local".into(), 5),
+                        ("forward:remote".into(), 7),
+                        ("drop:fragment".into(), 2),
+                        ("drop:truncated-ip".into(), 0),
+                    ],
+                }),
+            }],
+            silent: vec![],
+        };
+        let text = lb(&report);
+        assert!(
+            text.contains("w1") && text.contains(" 12 ") && text.contains(" 2"),
+            "{text}"
+        );
+        assert!(text.contains("w1: drop:fragment 2"), "{text}");
+        assert!(!text.contains("truncated-ip"), "{text}");
+        assert!(!report.has_problem());
+    }
 
     fn check(to: &str, port: u16, status: ProbeStatus) -> PortCheck {
         PortCheck {

@@ -62,6 +62,9 @@ pub struct SeenEndpoint {
     pub vtep: Ipv4Addr,
     /// Running and passing its health check.
     pub healthy: bool,
+    /// Stopping: it keeps the flows it has and takes no new ones.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// What gossip was configured with: key IDs and the primary, peers and keys, networks.
@@ -299,7 +302,9 @@ fn entry_of(seen: SeenEndpoint) -> EndpointEntry {
         slot: seen.slot,
         ip: seen.ip,
         vtep: seen.vtep,
-        health: if seen.healthy {
+        health: if seen.draining {
+            Health::Draining
+        } else if seen.healthy {
             Health::None
         } else {
             Health::Unhealthy
@@ -320,6 +325,7 @@ fn seen_of(endpoint: Endpoint) -> SeenEndpoint {
         ip: entry.ip,
         vtep: entry.vtep,
         healthy: entry.health.is_serving(),
+        draining: entry.health == Health::Draining,
     }
 }
 

@@ -122,6 +122,7 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             vtep: Ipv4Addr::new(198, 18, 0, slot as u8),
             healthy,
+            draining: false,
         }
     }
 
@@ -131,6 +132,7 @@ mod tests {
             name: format!("svc-{id}"),
             vip: vip.map(Ipv4Addr::from),
             ports,
+            ingress: true,
         }
     }
 

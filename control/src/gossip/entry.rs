@@ -22,6 +22,9 @@ pub enum Health {
     Healthy,
     /// The health check fails.
     Unhealthy,
+    /// The task is stopping: load balancers keep its flows but send it no new ones, and DNS
+    /// no longer names it.
+    Draining,
 }
 
 impl Health {

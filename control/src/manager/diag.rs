@@ -96,6 +96,18 @@ pub(super) fn plan(
                 })
                 .collect())
         }
+        DiagRequest::Lb { nodes } => {
+            let runners: Vec<NodeId> = if nodes.is_empty() {
+                state.nodes.keys().copied().collect()
+            } else {
+                nodes.iter().map(|n| find(n)).collect::<Result<_, _>>()?
+            };
+            Ok(runners
+                .into_iter()
+                .enumerate()
+                .map(|(n, node)| (node, job(n, DiagJobKind::Lb)))
+                .collect())
+        }
         DiagRequest::Mtu { from, to } => {
             let from = find(from)?;
             let targets = match to {

@@ -14,6 +14,7 @@ use crate::rpc::messages::{
     AgentReport, Assignment, Assignments, GossipAssignment, NetworkAssignment, Response,
     ServiceOnNetwork,
 };
+use crate::service::spec::PublishMode;
 use crate::service::{DesiredState, TaskOp};
 use crate::store::Command;
 
@@ -180,11 +181,21 @@ pub fn assignments_for(
             spec: state.services.get(&t.service_id).map(|s| s.spec.clone()),
         })
         .collect();
-    let wanted: std::collections::BTreeSet<&str> = tasks
+    let mut wanted: std::collections::BTreeSet<&str> = tasks
         .iter()
         .filter(|a| !a.task.state.is_terminal())
         .flat_map(|a| a.task.attachments.iter().map(|n| n.network_id.as_str()))
         .collect();
+    // Published ports answer on every node: each node needs the ingress network of every
+    // service that publishes one, to learn its backends by gossip.
+    wanted.extend(
+        state
+            .services
+            .values()
+            .filter(|s| s.spec.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+            .filter_map(|s| ingress_network(state, s))
+            .map(|n| n.id.as_str()),
+    );
     let networks: Vec<NetworkAssignment> = wanted
         .into_iter()
         .filter_map(|id| state.networks.get(id))
@@ -204,6 +215,7 @@ pub fn assignments_for(
                         .find(|v| v.network_id == network.id)
                         .map(|v| v.ip),
                     ports: s.spec.ports.clone(),
+                    ingress: ingress_network(state, s).is_some_and(|n| n.id == network.id),
                 })
                 .collect(),
         })
@@ -238,6 +250,15 @@ pub fn assignments_for(
     };
     assignments.fingerprint = fingerprint(&assignments);
     assignments
+}
+
+/// The network a service's published ports reach its tasks through: its first.
+fn ingress_network<'a>(
+    state: &'a crate::store::ClusterState,
+    service: &crate::service::ServiceRecord,
+) -> Option<&'a crate::network::NetworkRecord> {
+    let first = service.spec.networks.first()?;
+    state.networks.values().find(|n| &n.name == first)
 }
 
 /// A digest of assignments (fingerprint zeroed), stable within one leader's lifetime.

@@ -12,6 +12,9 @@ use crate::service::view::{find_service, LogEntry, ServiceView, TaskView};
 use crate::service::ServiceRecord;
 use crate::store::{ClusterState, Command};
 
+/// The network services that publish ports without one of their own are attached to.
+pub const INGRESS_NETWORK: &str = "ingress";
+
 /// Ports handed out when `--publish` names no published port.
 pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -19,6 +22,9 @@ impl Manager {
     pub(super) async fn create_service(&self, mut spec: ServiceSpec) -> ApiResponse {
         if let Err(why) = spec.validate() {
             return ApiResponse::Error(why);
+        }
+        if let Err(answer) = self.attach_ingress_network(&mut spec).await {
+            return answer;
         }
         let checked = self.read(|state| {
             check_image(state, &spec.image)?;
@@ -46,6 +52,35 @@ impl Manager {
             Ok(()) => super::api::done(id),
             Err(answer) => answer,
         }
+    }
+
+    /// A service that publishes ports on no network of its own gets the cluster's `ingress`
+    /// network (created the first time), as Docker does: the routing mesh reaches tasks over
+    /// an overlay.
+    async fn attach_ingress_network(&self, spec: &mut ServiceSpec) -> Result<(), ApiResponse> {
+        if spec.ports.is_empty() || !spec.networks.is_empty() {
+            return Ok(());
+        }
+        let exists = self.read(|state| state.network_named(INGRESS_NETWORK).is_some());
+        if !exists {
+            let created = self
+                .create_network(crate::network::NetworkSpec {
+                    name: INGRESS_NETWORK.into(),
+                    driver: "overlay".into(),
+                    ..Default::default()
+                })
+                .await;
+            let raced = self.read(|state| state.network_named(INGRESS_NETWORK).is_some());
+            if let ApiResponse::Error(why) = created {
+                if !raced {
+                    return Err(ApiResponse::Error(format!(
+                        "creating the ingress network for the published ports: {why}"
+                    )));
+                }
+            }
+        }
+        spec.networks = vec![INGRESS_NETWORK.into()];
+        Ok(())
     }
 
     pub(super) async fn scale_service(&self, key: &str, replicas: u64) -> ApiResponse {

@@ -10,8 +10,9 @@ use crate::store::ClusterState;
 
 /// The first VNI Mesh hands out (Swarm starts at 4097 too, above VLAN IDs).
 pub const FIRST_VNI: u32 = 4097;
-/// The largest VNI a network gets: the ones above are reserved (the diagnostics' probe VNI).
-pub const MAX_VNI: u32 = dataplane::probe::wire::PROBE_VNI - 1;
+/// The largest VNI a network gets: the ones above are reserved (the routing mesh's range, then
+/// the diagnostics' probe VNI).
+pub const MAX_VNI: u32 = dataplane::lb::MESH_VNI_BASE - 1;
 
 /// What `network create` gets beyond the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -115,6 +115,9 @@ pub struct ClusterNode {
     /// Gossip and task DNS, kept across restarts of the cluster side (a role change) so that
     /// peers never see this node leave and come back.
     pub(super) discovery_running: std::sync::Mutex<Option<Arc<crate::discovery::Discovery>>>,
+    /// The routing mesh and VIPs, kept across restarts of the cluster side: its programs stay
+    /// attached while the agent is replaced.
+    pub(super) balancer: Arc<crate::ingress::Balancer>,
 }
 
 /// Node-side settings from meshd's configuration.
@@ -135,6 +138,8 @@ pub struct NodeSettings {
     pub runtime: Arc<dyn crate::runtime::Runtime>,
     /// Gossip and DNS.
     pub discovery: crate::discovery::DiscoverySettings,
+    /// The load balancer's path.
+    pub lb_mode: dataplane::lb::LbMode,
 }
 
 impl ClusterNode {
@@ -144,6 +149,10 @@ impl ClusterNode {
         ClusterNode {
             role_changes,
             role_changes_rx: std::sync::Mutex::new(Some(rx)),
+            balancer: Arc::new(crate::ingress::Balancer::new(
+                settings.lb_mode,
+                settings.state_dir.join("overlay"),
+            )),
             state_dir: settings.state_dir,
             node_name: settings.node_name,
             listen_addr: settings.listen_addr,
@@ -259,8 +268,11 @@ impl ClusterNode {
             &self.state_dir,
             Arc::clone(&leader),
             underlay_ip,
-            Arc::clone(&discovery),
-            self.discovery.gossip_port,
+            crate::agent::AgentNetwork {
+                discovery: Arc::clone(&discovery),
+                gossip_port: self.discovery.gossip_port,
+                balancer: Arc::clone(&self.balancer),
+            },
         );
         tasks.push(tokio::spawn(agent.run()));
         tracing::info!(node_id = %format_node_id(membership.node_id), role = ?membership.role, cluster = %membership.cluster_id, "cluster member");

@@ -90,7 +90,8 @@ pub struct LogRecord {
 pub struct Assignments {
     /// The node's tasks.
     pub tasks: Vec<Assignment>,
-    /// Networks the node's tasks are attached to.
+    /// Networks the node's tasks are attached to, and the first network of every service that
+    /// publishes ports (the routing mesh answers on every node).
     pub networks: Vec<NetworkAssignment>,
     /// The cluster's VXLAN port.
     pub data_path_port: u16,
@@ -125,8 +126,11 @@ pub struct ServiceOnNetwork {
     pub name: String,
     /// Its VIP on this network (endpoint mode vip), or None (dnsrr).
     pub vip: Option<std::net::Ipv4Addr>,
-    /// Published ports, for SRV records.
+    /// Published ports, for SRV records and the routing mesh.
     pub ports: Vec<PortConfig>,
+    /// This is the service's first network: its published ports reach its tasks through it.
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// How this node takes part in gossip.

@@ -43,6 +43,15 @@ pub enum DiagCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Each host's load-balancer path (xdp, tc or nftables, as `--lb-mode` chose), what it
+    /// balances, and its counters: packets forwarded, and every drop by reason.
+    Lb {
+        /// Only these hosts (names or IDs, comma-separated) [default: all].
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// This host's nftables and iptables rules that drop Mesh's ports, and the kernel settings
     /// known to break VXLAN (rp_filter, conntrack, checksum offload).
     Firewall {
@@ -64,6 +73,7 @@ pub fn diag(socket: &Path, command: DiagCommand) -> anyhow::Result<ExitCode> {
         DiagCommand::Overlay { network, format } => {
             (DiagRequest::Overlay { network }, format, render::overlay)
         }
+        DiagCommand::Lb { nodes, format } => (DiagRequest::Lb { nodes }, format, render::lb),
         DiagCommand::Firewall { format } => return firewall(socket, format),
     };
     let ApiResponse::Diag(report) = cluster(socket, ApiRequest::Diag(request))? else {

@@ -129,8 +129,17 @@ pub struct UpArgs {
     /// resolver there. Without it, outside names get SERVFAIL and no query leaves the lab.
     #[arg(long, value_name = "HOST")]
     dns_upstream: Option<String>,
+    /// How the hosts' meshd balance published ports: auto, xdp, tc or nftables
+    /// [default: meshd's, auto].
+    #[arg(long, value_name = "MODE", value_parser = parse_lb_mode)]
+    lb_mode: Option<String>,
     #[command(flatten)]
     link: LinkArgs,
+}
+
+/// Checks `--lb-mode` here, so a typo fails before any host is made.
+fn parse_lb_mode(text: &str) -> Result<String, String> {
+    dataplane::lb::LbMode::parse(text).map(|_| text.to_string())
 }
 
 /// `--runtime` values.
@@ -190,6 +199,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 form_cluster: !args.no_cluster && !args.no_daemons,
                 runtime: args.runtime.into(),
                 dns_upstream_host: args.dns_upstream.clone(),
+                lb_mode: args.lb_mode.clone(),
             };
             let lab = Lab::up(&spec)?;
             println!(
