@@ -17,7 +17,7 @@ export PATH="$PWD/target/release:$PATH"
 if meshctl lab status "$LAB" >/dev/null 2>&1; then
   meshctl lab down "$LAB"
 fi
-meshctl lab up --name "$LAB" --managers 3 --workers 2
+meshctl lab up --name "$LAB" --managers 3 --workers 2 --clients 1
 echo
 echo "The cluster, as manager m2 sees it:"
 meshctl lab exec "$LAB" m2 -- meshctl node ls
@@ -63,6 +63,21 @@ echo "  tasks.demo (every healthy task), as task $task on $node sees it:"
 meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" dig @127.0.0.11 +short tasks.demo | sed 's/^/    /'
 echo "  demo (the service's virtual IP):"
 meshctl lab exec "$LAB" "$node" -- nsenter --net="$netns" dig @127.0.0.11 +short demo | sed 's/^/    /'
+echo
+echo "The routing mesh: port 8080 answers on every host, tasks or not, from c1 outside the cluster"
+echo "(published ports are balanced by BPF at TC on veth; see 'meshctl diag lb'):"
+hosts=$(meshctl lab status "$LAB" --format json | jq -r '.[] | select(.role != "client") | "\(.name) \(.address)"')
+echo "$hosts" | while read -r host addr; do
+  printf '  c1 → %s (%s):8080: ' "$host" "$addr"
+  answer=""
+  for _ in $(seq 1 50); do
+    answer=$(meshctl lab exec "$LAB" c1 -- wget -q -T 2 -O - "http://$addr:8080/" 2>/dev/null) && break
+    sleep 0.1
+  done
+  echo "${answer:-no answer}"
+done
+echo
+meshctl lab exec "$LAB" m1 -- meshctl diag lb | sed -n '1,7p'
 cat <<MSG
 
 Lab $LAB is up. Try:
@@ -76,5 +91,7 @@ Lab $LAB is up. Try:
   target/release/meshctl lab logs $LAB m1
   target/release/meshctl lab exec $LAB w1 -- meshctl diag ports     # every port between every pair of hosts
   target/release/meshctl lab exec $LAB w1 -- meshctl diag overlay demo-net
+  target/release/meshctl lab exec $LAB c1 -- wget -q -O - http://198.18.0.1:8080/   # the mesh, from outside
+  target/release/meshctl lab exec $LAB w1 -- meshctl diag lb       # each host's path and drop counters
 Remove it with: target/release/meshctl lab down $LAB
 MSG
