@@ -281,6 +281,8 @@ fn published_port_answers_everywhere_keeps_client_ip_survives_a_host_and_drains(
     // veth is the underlay here: auto picks the BPF program at TC.
     assert_eq!(paths(&lab), BTreeSet::from(["tc".to_string()]));
 
+    tasks_reach_the_vip(&lab, "web");
+
     scale_down_under_load(&lab, "web", 8080);
     ok(&lab, &["service", "scale", "web=3"]);
     let slots = wait_running(&lab, "web", 3);
@@ -371,6 +373,59 @@ fn published_port_answers_everywhere_keeps_client_ip_survives_a_host_and_drains(
     })
     .unwrap_or_else(|e| panic!("the mesh never forgot the killed host's task: {e}"));
     eprintln!("requests all succeed again {took:?} after the kill");
+}
+
+/// From one task of `service`, its own name (the VIP, through the task's DNS) spreads over
+/// the service's tasks, local and remote, and they see the caller's overlay address.
+fn tasks_reach_the_vip(lab: &TestLab, service: &str) {
+    let json = ok(lab, &["service", "ps", service, "--format", "json"]);
+    let tasks: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let caller = tasks
+        .iter()
+        .find(|t| t["state"] == "running")
+        .expect("a running task");
+    let (host, id) = (
+        caller["node"].as_str().unwrap(),
+        caller["id"].as_str().unwrap(),
+    );
+    let addr = lab
+        .in_task(host, id, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let own_ip = addr
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let vip = lab
+        .in_task(host, id, &["dig", "@127.0.0.11", "+short", service])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The host's wget runs in the task's namespace but reads the host's resolv.conf: resolve
+    // through the task's DNS first.
+    let url = format!("http://{}/cgi-bin/ip", vip.trim());
+    let mut slots = BTreeSet::new();
+    for _ in 0..16 {
+        let body = lab
+            .in_task(host, id, &["wget", "-q", "-T", "3", "-O", "-", &url])
+            .unwrap_or_else(|e| panic!("{url} from task {id} (VIP {}): {e}", vip.trim()));
+        let (slot, seen) = body.trim().split_once(' ').expect("slot and address");
+        let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
+        // A task that picks itself is answered through a hairpin: from the VIP.
+        let hairpin = slot == caller["slot"].as_u64().unwrap().to_string();
+        if !(hairpin && seen == vip.trim()) {
+            assert_eq!(
+                seen, own_ip,
+                "the task behind the VIP sees the caller's address"
+            );
+        }
+        slots.insert(slot.to_string());
+    }
+    assert!(
+        slots.len() >= 2,
+        "the VIP spreads over the tasks: {slots:?}"
+    );
 }
 
 /// Binds a UDP echo in a task's namespace that answers `<name> <peer>`.

@@ -168,6 +168,17 @@ pub fn mtu(report: &DiagReport) -> String {
     out
 }
 
+/// The table, then the notes (problems, counters, silent hosts) under it.
+fn table_then_notes(report: &DiagReport, rows: &[Vec<String>], mut notes: String) -> String {
+    silent(report, &mut notes);
+    let mut text = table(rows);
+    if !notes.is_empty() {
+        text.push('\n');
+        text.push_str(&notes);
+    }
+    text
+}
+
 /// `diag overlay`: each host's problems, repairs and pings.
 pub fn overlay(report: &DiagReport) -> String {
     let mut out = String::new();
@@ -208,13 +219,7 @@ pub fn overlay(report: &DiagReport) -> String {
             _ => {}
         }
     }
-    silent(report, &mut out);
-    let mut text = table(&rows);
-    if !out.is_empty() {
-        text.push('\n');
-        text.push_str(&out);
-    }
-    text
+    table_then_notes(report, &rows, out)
 }
 
 /// `diag lb`: a row per host (path, what it balances, forwarded and dropped packets), then
@@ -267,13 +272,7 @@ pub fn lb(report: &DiagReport) -> String {
             _ => {}
         }
     }
-    silent(report, &mut out);
-    let mut text = table(&rows);
-    if !out.is_empty() {
-        text.push('\n');
-        text.push_str(&out);
-    }
-    text
+    table_then_notes(report, &rows, out)
 }
 
 #[cfg(test)]

@@ -73,41 +73,35 @@ pub(super) fn plan(
         peers.iter().filter(|p| p.node_id != me).cloned().collect()
     };
     let find = |key: &str| crate::api::find_node(state.nodes.values(), key).map(|n| n.id);
+    // The named hosts, or every host.
+    let runners = |nodes: &[String]| -> Result<Vec<NodeId>, String> {
+        if nodes.is_empty() {
+            Ok(state.nodes.keys().copied().collect())
+        } else {
+            nodes.iter().map(|n| find(n)).collect()
+        }
+    };
     match request {
-        DiagRequest::Ports { nodes } => {
-            let runners: Vec<NodeId> = if nodes.is_empty() {
-                state.nodes.keys().copied().collect()
-            } else {
-                nodes.iter().map(|n| find(n)).collect::<Result<_, _>>()?
-            };
-            Ok(runners
-                .into_iter()
-                .enumerate()
-                .map(|(n, node)| {
-                    (
-                        node,
-                        job(
-                            n,
-                            DiagJobKind::Ports {
-                                peers: others(node),
-                            },
-                        ),
-                    )
-                })
-                .collect())
-        }
-        DiagRequest::Lb { nodes } => {
-            let runners: Vec<NodeId> = if nodes.is_empty() {
-                state.nodes.keys().copied().collect()
-            } else {
-                nodes.iter().map(|n| find(n)).collect::<Result<_, _>>()?
-            };
-            Ok(runners
-                .into_iter()
-                .enumerate()
-                .map(|(n, node)| (node, job(n, DiagJobKind::Lb)))
-                .collect())
-        }
+        DiagRequest::Ports { nodes } => Ok(runners(nodes)?
+            .into_iter()
+            .enumerate()
+            .map(|(n, node)| {
+                (
+                    node,
+                    job(
+                        n,
+                        DiagJobKind::Ports {
+                            peers: others(node),
+                        },
+                    ),
+                )
+            })
+            .collect()),
+        DiagRequest::Lb { nodes } => Ok(runners(nodes)?
+            .into_iter()
+            .enumerate()
+            .map(|(n, node)| (node, job(n, DiagJobKind::Lb)))
+            .collect()),
         DiagRequest::Mtu { from, to } => {
             let from = find(from)?;
             let targets = match to {

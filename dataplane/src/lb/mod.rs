@@ -133,22 +133,8 @@ pub struct LbService {
     pub backends: Vec<LbBackend>,
 }
 
-/// TCP or UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-        }
-    }
-}
+/// TCP or UDP: the protocols of Mesh's ports, published ones included.
+pub use crate::probe::firewall::Protocol;
 
 /// A published port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -376,44 +376,29 @@ impl Netlink {
             .collect())
     }
 
-    /// Sets the main table's default route to `via gateway dev index`.
+    /// Sets the main table's default route to `via gateway dev index`, with `onlink` when no
+    /// address of the device covers the gateway.
     pub async fn replace_default_route(
         &self,
         gateway: Ipv4Addr,
         index: u32,
         device: &str,
+        onlink: bool,
     ) -> Result<()> {
-        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
             .gateway(gateway)
-            .output_interface(index)
-            .build();
+            .output_interface(index);
+        if onlink {
+            builder = builder.onlink();
+        }
         self.change(
-            RouteNetlinkMessage::NewRoute(message),
+            RouteNetlinkMessage::NewRoute(builder.build()),
             NLM_F_CREATE | NLM_F_REPLACE,
-            format!("setting the default route via {gateway} dev {device}"),
-        )
-        .await
-    }
-
-    /// Sets the main table's default route to `via gateway dev index onlink` (a gateway no
-    /// address of the device covers).
-    pub async fn replace_default_route_onlink(
-        &self,
-        gateway: Ipv4Addr,
-        index: u32,
-        device: &str,
-    ) -> Result<()> {
-        let message = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(gateway)
-            .output_interface(index)
-            .onlink()
-            .build();
-        self.change(
-            RouteNetlinkMessage::NewRoute(message),
-            NLM_F_CREATE | NLM_F_REPLACE,
-            format!("setting the default route via {gateway} dev {device} onlink"),
+            format!(
+                "setting the default route via {gateway} dev {device}{}",
+                if onlink { " onlink" } else { "" }
+            ),
         )
         .await
     }

@@ -210,7 +210,7 @@ async fn leg(
     }
     let routes = nl.default_routes().await?;
     if routes != [(Some(LEG_HOST_ADDR), Some(index))] {
-        nl.replace_default_route_onlink(LEG_HOST_ADDR, index, &leg.ns_if)
+        nl.replace_default_route(LEG_HOST_ADDR, index, &leg.ns_if, true)
             .await?;
         applied.push(
             &net.id,
@@ -438,7 +438,7 @@ async fn endpoint(
         let index = inner_named.facts.index;
         let routes = tnl.default_routes().await?;
         if routes != [(Some(net.gateway), Some(index))] {
-            tnl.replace_default_route(net.gateway, index, &device)
+            tnl.replace_default_route(net.gateway, index, &device, false)
                 .await?;
             applied.push(
                 &net.id,
