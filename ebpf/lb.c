@@ -19,7 +19,12 @@
  * Fragments to a published port are counted and dropped, as Katran does: a
  * later fragment has no ports to balance by. Later fragments themselves pass
  * (they carry no ports; the kernel's reassembly of a datagram whose first
- * fragment was dropped times out). */
+ * fragment was dropped times out).
+ *
+ * Two answers come from the ingress host itself (include/lb_answer.h): ICMP
+ * "fragmentation needed" for a DF packet to a remote backend that would not
+ * fit the underlay once encapsulated, and a TCP RST for a published port
+ * whose service has no backend. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -33,6 +38,7 @@
 #include "lb_nat.h"
 #include "lb_encap.h"
 #include "lb_icmp.h"
+#include "lb_answer.h"
 
 /* Sends a DNATed packet (or a rewritten ICMP error) to its backend, counting
  * `outcome` when it leaves. */
@@ -180,16 +186,28 @@ static __always_inline int lb_ingress(void *ctx, const bool xdp)
 		return LB_DROP(xdp, LB_DROP_FRAGMENT);
 	struct lb_backend be;
 	__u32 reason = LB_DROP_NO_BACKEND;
-	if (lb_pick(p.saddr, p.daddr, p.sport, p.dport, p.proto, &svc, &be, &reason))
+	if (lb_pick(p.saddr, p.daddr, p.sport, p.dport, p.proto, &svc, &be, &reason)) {
+		/* No backend: TCP clients get a RST, as from a closed port. */
+		if (reason == LB_DROP_NO_BACKEND) {
+			rc = lb_answer_rst(ctx, xdp, cfg, &p);
+			if (rc >= 0)
+				return rc;
+		}
 		return LB_DROP(xdp, reason);
+	}
 	if (!(be.flags & LB_BACKEND_LOCAL) && p.tot_len + LB_VXLAN_OVERHEAD > cfg->mtu) {
 		/* Checked before any rewrite. GSO skbs at TC are resegmented
-		 * after encapsulation and pass on; see lb_encap_remote. */
+		 * after encapsulation and pass on; see lb_encap_remote. With DF
+		 * the client learns the mesh's MTU; without, the packet is lost
+		 * as on any link it does not fit. */
 		bool gso = false;
 		if (!xdp)
 			gso = ((struct __sk_buff *)ctx)->gso_segs > 1;
-		if (!gso)
+		if (!gso) {
+			if (p.frag_off & LB_BE_IP_DF)
+				return lb_answer_frag_needed(ctx, xdp, cfg, &p);
 			return LB_DROP(xdp, LB_DROP_ENCAP_TOO_BIG);
+		}
 	}
 	if (lb_rewrite(ctx, xdp, &p, true, be.ip, svc.target_port))
 		return LB_DROP(xdp, LB_DROP_CSUM_FAIL);

@@ -222,13 +222,8 @@ impl World {
                     .expect("XDP pass program on the switch port");
                 world.peer_pass.push(stats);
             }
-            // bpf_fib_lookup needs forwarding on the underlay interface.
-            for i in 0..2 {
-                run_in(
-                    &world.host_ns(i),
-                    &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"],
-                );
-            }
+            // bpf_fib_lookup needs forwarding on the underlay interface: BpfBalancer::new
+            // sets it (checked below), so nothing is set by hand here.
             // XDP sees the bytes, not the skb: full checksums from the client.
             run_in(&world.ns("cl"), &["ethtool", "-K", "eth0", "tx", "off"]);
         }
@@ -240,6 +235,18 @@ impl World {
                 .unwrap()
                 .expect("load and attach the balancer");
             world.balancers.push(balancer);
+        }
+        if hook == BpfHook::Xdp {
+            for i in 0..2 {
+                let forwarding = netns_of(&world.host_ns(i))
+                    .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/forwarding"))
+                    .unwrap();
+                assert_eq!(
+                    forwarding.trim(),
+                    "1",
+                    "the XDP balancer enables forwarding"
+                );
+            }
         }
         world.desired = (0..2)
             .map(|i| world.host_lb(i, &[BackendState::Active; 2]))
@@ -639,6 +646,232 @@ fn ipv4_frame(
     frame
 }
 
+/// Sets an `int` socket option at level IPPROTO_IP.
+fn set_ip_opt(socket: &UdpSocket, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: a valid descriptor and a pointer to an int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// The path MTU a connected socket knows (IP_MTU).
+fn path_mtu(socket: &UdpSocket) -> std::io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid descriptor; value and len are valid for writes of their sizes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// A connected UDP socket from the client to `host`'s published UDP port, with path MTU
+/// discovery set to `pmtudisc` (IP_PMTUDISC_DO: DF set, never fragment locally).
+fn udp_to(host: Ipv4Addr, pmtudisc: libc::c_int) -> UdpSocket {
+    let socket = UdpSocket::bind((CLIENT, 0)).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    set_ip_opt(&socket, libc::IP_MTU_DISCOVER, pmtudisc);
+    socket.connect((host, UDP_PORT)).unwrap();
+    socket
+}
+
+/// An ICMP "fragmentation needed" (next-hop `mtu`) from the client to `host`, quoting a UDP
+/// datagram `host:UDP_PORT → CLIENT:client_port`, as a router between them would send about a
+/// reply.
+fn frag_needed_about_reply(
+    host_mac: [u8; 6],
+    host: Ipv4Addr,
+    client_port: u16,
+    mtu: u16,
+) -> Vec<u8> {
+    let mut quoted = vec![0u8; 28];
+    quoted[0] = 0x45;
+    quoted[2..4].copy_from_slice(&1400u16.to_be_bytes());
+    quoted[6] = 0x40; // DF
+    quoted[8] = 63;
+    quoted[9] = 17;
+    quoted[12..16].copy_from_slice(&host.octets());
+    quoted[16..20].copy_from_slice(&CLIENT.octets());
+    let sum = checksum(&quoted[..20]);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted[20..22].copy_from_slice(&UDP_PORT.to_be_bytes());
+    quoted[22..24].copy_from_slice(&client_port.to_be_bytes());
+    quoted[24..26].copy_from_slice(&1380u16.to_be_bytes());
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quoted);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv4_frame(host_mac, 5, 0, 1, host, &icmp)
+}
+
+/// Waits until `check` holds, for at most the IO timeout.
+fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A DF datagram too big for the mesh once encapsulated gets ICMP "fragmentation needed" from
+/// the ingress host, and the client's socket learns the mesh's MTU; without DF it is dropped.
+fn check_frag_needed(world: &mut World) {
+    // Only the task on h2 serves: through h1 every flow is remote.
+    world.set_backends([None, Some(BackendState::Active)]);
+    let mesh_mtu = 1500 - 50;
+    let big = vec![0x5au8; 1472]; // 1500 bytes of IPv4: fits the client's link, not the mesh
+    let dropped = world.counter(0, "drop:encap-too-big");
+    let answered = world.counter(0, "forward:frag-needed");
+    // Without DF (and before the client knows the path MTU, or it would fragment locally).
+    world.in_client(|| {
+        let socket = udp_to(HOSTS[0], libc::IP_PMTUDISC_DONT);
+        socket.send(&big).unwrap();
+    });
+    eventually("a non-DF datagram is counted as too big", || {
+        let now = world.counter(0, "drop:encap-too-big");
+        (now == dropped + 1).then_some(()).ok_or(format!("{now}"))
+    });
+    assert_eq!(world.counter(0, "forward:frag-needed"), answered);
+    // With DF: the answer lowers the path MTU of the client's socket.
+    let (mtu, again) = world.in_client(|| {
+        let socket = udp_to(HOSTS[0], libc::IP_PMTUDISC_DO);
+        assert_eq!(path_mtu(&socket).unwrap(), 1500);
+        socket.send(&big).unwrap();
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        let mut mtu = path_mtu(&socket).unwrap();
+        while mtu == 1500 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            mtu = path_mtu(&socket).unwrap();
+        }
+        // The socket's pending error, or the next send, reports the datagram as too big.
+        let again = socket
+            .send(&big)
+            .err()
+            .or_else(|| socket.send(&big).err())
+            .and_then(|e| e.raw_os_error());
+        (mtu, again)
+    });
+    assert_eq!(
+        mtu,
+        mesh_mtu,
+        "path MTU learnt from the ingress host; counters {:?}",
+        world.all_counters()
+    );
+    assert_eq!(again, Some(libc::EMSGSIZE));
+    assert_eq!(world.counter(0, "forward:frag-needed"), answered + 1);
+    assert_eq!(world.counter(0, "drop:encap-too-big"), dropped + 1);
+    // Datagrams that fit still go through.
+    let (task, _) = world.in_client(|| {
+        let socket = UdpSocket::bind((CLIENT, 0)).unwrap();
+        socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        udp_ask(&socket, HOSTS[0]).unwrap()
+    });
+    assert_eq!(task, TASKS[1]);
+    world.set_backends([Some(BackendState::Active); 2]);
+}
+
+/// The route cache of a task's namespace towards the client: `ip route get` output.
+fn task_route_to_client(world: &World, task: usize) -> String {
+    inside(&world.task_ns[task], || {
+        let out = Command::new("ip")
+            .args(["route", "get", &CLIENT.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    })
+}
+
+/// An ICMP error arriving at the ingress host about a reply its backend sent by DSR reaches
+/// the backend task (local or remote), whose kernel learns the path MTU it carries.
+fn check_icmp_error_reaches_task(world: &World) {
+    let h1_mac = world.mac_of(&world.host_ns(0));
+    // One flow through h1 to each task (taska is local to h1, taskb remote).
+    let flows: Vec<(usize, u16)> = world.in_client(|| {
+        let mut flows: Vec<(usize, u16)> = Vec::new();
+        for _ in 0..64 {
+            let socket = UdpSocket::bind((CLIENT, 0)).unwrap();
+            socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let (task, _) = udp_ask(&socket, HOSTS[0]).unwrap();
+            let index = TASKS.iter().position(|t| *t == task).unwrap();
+            if !flows.iter().any(|(i, _)| *i == index) {
+                flows.push((index, socket.local_addr().unwrap().port()));
+            }
+            if flows.len() == TASKS.len() {
+                break;
+            }
+        }
+        flows
+    });
+    assert_eq!(flows.len(), TASKS.len(), "flows to both tasks: {flows:?}");
+    let forwarded = world.counter(0, "forward:icmp-forwarded");
+    for (task, port) in &flows {
+        let before = task_route_to_client(world, *task);
+        assert!(!before.contains("mtu 1300"), "{before}");
+        let frame = frag_needed_about_reply(h1_mac, HOSTS[0], *port, 1300);
+        world.in_client(|| send_frames(&[frame]));
+        eventually(
+            &format!("{}'s route cache learns the MTU", TASKS[*task]),
+            || {
+                let route = task_route_to_client(world, *task);
+                route
+                    .contains("mtu 1300")
+                    .then_some(())
+                    .ok_or(format!("{route}; counters {:?}", world.all_counters()))
+            },
+        );
+    }
+    assert_eq!(
+        world.counter(0, "forward:icmp-forwarded"),
+        forwarded + flows.len() as u64
+    );
+}
+
+/// A TCP connection to a published port whose service has no backend is refused at once
+/// (the ingress host answers a RST) through every host.
+fn check_rst_without_backends(world: &mut World) {
+    world.set_backends([None, None]);
+    for (h, host) in HOSTS.into_iter().enumerate() {
+        let rst = world.counter(h, "forward:rst");
+        let started = std::time::Instant::now();
+        let result = world.in_client(|| {
+            TcpStream::connect_timeout(&SocketAddrV4::new(host, TCP_PORT).into(), IO_TIMEOUT)
+        });
+        let err = result.expect_err("no backend: the connection must fail");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{host}: {err}; counters {:?}",
+            world.all_counters()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+        assert_eq!(world.counter(h, "forward:rst"), rst + 1, "{host} answered");
+    }
+    world.set_backends([Some(BackendState::Active); 2]);
+}
+
 fn scenario(hook: BpfHook) {
     let Some(mut world) = World::new(hook) else {
         return;
@@ -797,6 +1030,15 @@ fn scenario(hook: BpfHook) {
     // And the host still balances.
     let seen = world
         .in_client(|| reach_both(HOSTS[0], 64))
+        .unwrap_or_else(|e| panic!("{e}; counters {:?}", world.all_counters()));
+    assert!(TASKS.iter().all(|t| seen.iter().any(|(s, _)| s == t)));
+
+    check_frag_needed(&mut world);
+    check_icmp_error_reaches_task(&world);
+    check_rst_without_backends(&mut world);
+    // And everything balances again.
+    let seen = world
+        .in_client(|| reach_both(HOSTS[1], 64))
         .unwrap_or_else(|e| panic!("{e}; counters {:?}", world.all_counters()));
     assert!(TASKS.iter().all(|t| seen.iter().any(|(s, _)| s == t)));
 }

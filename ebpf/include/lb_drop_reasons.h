@@ -11,7 +11,7 @@
 #define LB_DROP_BAD_IHL 2        /* IHL below 5 */
 #define LB_DROP_TRUNCATED_L4 3   /* shorter than its TCP/UDP/ICMP/VXLAN header */
 #define LB_DROP_FRAGMENT 4       /* first fragment to a published port */
-#define LB_DROP_NO_BACKEND 5     /* published port whose service has no active backend */
+#define LB_DROP_NO_BACKEND 5     /* published port whose service has no active backend (TCP: answered, see LB_FWD_RST) */
 #define LB_DROP_MAGLEV_MISSING 6 /* Maglev slot unreadable (service index out of range) */
 #define LB_DROP_BACKEND_MISSING 7 /* Maglev slot names a backend the map lacks */
 #define LB_DROP_ENCAP_TOO_BIG 8  /* would exceed the underlay MTU once encapsulated */
@@ -34,6 +34,7 @@
 #define LB_FWD_REPLY 4          /* a task's reply sent out directly (DSR) */
 #define LB_FWD_REPLY_ICMP 5     /* a task's ICMP error sent out to the client */
 #define LB_FWD_FRAG_NEEDED 6    /* ICMP fragmentation needed answered to a client */
-#define LB_FWD_MAX 7
+#define LB_FWD_RST 7            /* TCP RST answered for a service without backends */
+#define LB_FWD_MAX 8
 
 #endif

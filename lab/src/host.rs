@@ -37,6 +37,13 @@ impl Lab {
             host.address,
             &self.state.link_of(&host),
         )?;
+        net::prepare_lb_mode(
+            &lab,
+            &host.name,
+            &ns,
+            host.role,
+            self.state.lb_mode.as_deref(),
+        )?;
         self.state.hosts[index].power = Power::On;
         self.start_shim(index)?;
         if self.containerd_expected(index) {

@@ -363,6 +363,13 @@ impl Lab {
                 self.stop_shim(index)?;
                 net::disconnect_host(&lab, host)?;
                 net::connect_host(&lab, host, &ns, self.state.hosts[index].address, &after)?;
+                net::prepare_lb_mode(
+                    &lab,
+                    host,
+                    &ns,
+                    self.state.hosts[index].role,
+                    self.state.lb_mode.as_deref(),
+                )?;
                 self.start_shim(index)?;
             } else {
                 net::set_mtu(&lab, host, &ns, &after)?;

@@ -25,6 +25,7 @@ mod net;
 mod spec;
 mod state;
 mod sys;
+mod xdp;
 
 pub use binaries::{find as find_binary, Binary, LINKSHIM, MESHCTL, MESHD};
 pub use containerd::{ContainerdFiles, NAMESPACE as CONTAINERD_NAMESPACE};

@@ -14,8 +14,9 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::error::Result;
-use crate::spec::{switch_netns, switch_port, LinkParams, UNDERLAY_PREFIX};
+use crate::spec::{switch_netns, switch_port, LinkParams, Role, UNDERLAY_PREFIX};
 use crate::sys::{self, run_in, run_in_with_input};
+use crate::xdp;
 
 /// The bridge inside the switch namespace.
 pub const BRIDGE: &str = "br0";
@@ -86,6 +87,31 @@ pub fn connect_host(
         run_in(&sw, "ip", ["link", "set", &port, "master", BRIDGE])?;
     }
     run_in(&sw, "ip", ["link", "set", &port, "up"])?;
+    Ok(())
+}
+
+/// meshd's `lb_mode` that needs the lab's help.
+pub const LB_MODE_XDP: &str = "xdp";
+
+/// Readies a connected host's link for meshd's `lb_mode`. Only XDP needs anything: the switch
+/// port gets an XDP pass program (a veth delivers what its peer sends with `XDP_TX` only when
+/// it runs XDP itself), and a client's `eth0` sends full checksums (tx checksum offload off),
+/// since the XDP program that rewrites a client's packet and bounces it sees its bytes, not the
+/// skb's partial-checksum state.
+pub fn prepare_lb_mode(
+    lab: &str,
+    host: &str,
+    host_ns: &str,
+    role: Role,
+    lb_mode: Option<&str>,
+) -> Result<()> {
+    if lb_mode != Some(LB_MODE_XDP) {
+        return Ok(());
+    }
+    xdp::attach_pass(&switch_netns(lab), &switch_port(host))?;
+    if role == Role::Client {
+        run_in(host_ns, "ethtool", ["-K", HOST_IF, "tx", "off"])?;
+    }
     Ok(())
 }
 

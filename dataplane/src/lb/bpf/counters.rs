@@ -24,7 +24,7 @@ pub const DROP_REASONS: [&str; 18] = [
 ];
 
 /// Forwarding outcomes, in code order: `LB_FORWARDS[code]`.
-pub const FORWARD_OUTCOMES: [&str; 7] = [
+pub const FORWARD_OUTCOMES: [&str; 8] = [
     "local",
     "remote",
     "decap",
@@ -32,6 +32,7 @@ pub const FORWARD_OUTCOMES: [&str; 7] = [
     "reply",
     "reply-icmp",
     "frag-needed",
+    "rst",
 ];
 
 /// The counter name of drop reason `code` (`drop:fragment`).

@@ -26,12 +26,21 @@
 //! overlay networks VNIs below that range); the backend's host strips it in `lb_ingress` and
 //! records the reverse NAT from the outer source address and the VNI.
 //!
-//! At XDP, `bpf_fib_lookup` refuses unless the underlay interface forwards
-//! (`net.ipv4.conf.<if>.forwarding=1`): [`BpfBalancer::new`] fails with
-//! [`LbError::Unavailable`] naming the sysctl otherwise. A remote backend's host must be a
-//! resolved neighbour (`bpf_fib_lookup` cannot wait
-//! for ARP): packets towards an unresolved one are counted as `drop:fib-fail`, and every
-//! `apply` primes the neighbours of all remote VTEPs by sending them an empty datagram.
+//! At XDP, `bpf_fib_lookup` refuses unless the underlay interface forwards (the kernel checks
+//! `net.ipv4.conf.<if>.forwarding` before any lookup, output lookups included):
+//! [`BpfBalancer::new`] sets `net.ipv4.conf.<if>.forwarding=1` itself, for that interface only
+//! and in the host namespace it runs in (as the nftables path sets `ip_forward`),
+//! and fails with [`LbError::Unavailable`] naming the sysctl when it cannot. A remote backend's
+//! host must be a resolved neighbour (`bpf_fib_lookup` cannot wait for ARP): packets towards an
+//! unresolved one are counted as `drop:fib-fail`, and every `apply` primes the neighbours of
+//! all remote VTEPs by sending them an empty datagram.
+//!
+//! The program answers two kinds of packet itself, from the ingress host's address, at both
+//! hooks: a DF packet to a remote backend that would exceed the underlay MTU once encapsulated
+//! gets ICMP "fragmentation needed" with next-hop MTU = underlay MTU − 50
+//! (`forward:frag-needed`; without DF it is dropped as `drop:encap-too-big`), and a TCP segment
+//! to a published port whose service has no backend gets a RST (`forward:rst`), as from a
+//! closed port.
 
 mod counters;
 mod ids;
@@ -234,6 +243,8 @@ impl BpfBalancer {
     /// XDP in driver mode), in the calling thread's network namespace, which becomes the host
     /// namespace: legs are looked up and attached there, network namespaces under
     /// `overlay_dir` (`ns-<id>`). Nothing is balanced until the first [`BpfBalancer::apply`].
+    /// At XDP it sets `net.ipv4.conf.<underlay_if>.forwarding=1` there when it is not set
+    /// (`bpf_fib_lookup` needs it), failing with [`LbError::Unavailable`] when it cannot.
     pub fn new(
         hook: BpfHook,
         underlay_if: &str,
@@ -250,14 +261,15 @@ impl BpfBalancer {
         let underlay_mac = sys::hwaddr(underlay_if)
             .map_err(|e| io_error(format!("reading the MAC of {underlay_if}"), e))?;
         if hook == BpfHook::Xdp && !sys::forwarding(underlay_if) {
-            return Err(LbError::Unavailable {
+            sys::enable_forwarding(underlay_if).map_err(|e| LbError::Unavailable {
                 path: LbPath::Xdp,
                 interface: underlay_if.to_string(),
                 reason: format!(
                     "bpf_fib_lookup (the XDP path's next-hop lookup) needs forwarding on the \
-                     interface: set net.ipv4.conf.{underlay_if}.forwarding=1"
+                     interface, and setting net.ipv4.conf.{underlay_if}.forwarding=1 failed \
+                     ({e}): set it by hand, or use --lb-mode tc"
                 ),
-            });
+            })?;
         }
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(

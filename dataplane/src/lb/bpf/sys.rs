@@ -99,3 +99,9 @@ pub fn forwarding(name: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))
         .is_ok_and(|v| v.trim() == "1")
 }
+
+/// Sets `net.ipv4.conf.<name>.forwarding` to 1 for interface `name`, in the calling thread's
+/// namespace.
+pub fn enable_forwarding(name: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/forwarding"), "1")
+}

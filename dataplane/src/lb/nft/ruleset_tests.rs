@@ -251,8 +251,20 @@ fn weights_repeat_backends_and_draining_ones_get_no_new_flows() {
     lb.services[0].backends[0].state = BackendState::Draining;
     let plan = super::plan(&lb).unwrap();
     assert_eq!(plan.legs.len(), 1);
+    // With no Active local backend, a flow a peer sent (with its own, older view) still goes
+    // to the draining one, which runs until its drain period ends.
+    assert_eq!(
+        picks(&plan, "svc-web-tcp-80-peer"),
+        ["svc-web-tcp-80-be-t1"]
+    );
+    assert!(plan.chains.contains_key("svc-web-tcp-80-be-t1"));
+    // New flows from clients never pick it.
+    assert!(!picks(&plan, "svc-web-tcp-80").contains(&"svc-web-tcp-80-be-t1".to_string()));
+
+    // With no local backend at all, flows from peers are refused.
+    lb.services[0].backends.remove(0);
+    let plan = super::plan(&lb).unwrap();
     assert_eq!(picks(&plan, "svc-web-tcp-80-peer"), Vec::<String>::new());
-    // With no Active local backend, flows from peers are refused.
     assert_eq!(plan.chains["svc-web-tcp-80-peer"].len(), 1);
 }
 
