@@ -224,3 +224,118 @@ fn udp_blast_one(netns: &str, target: SocketAddr, duration: Duration) -> Result<
     }
     Ok(sent)
 }
+
+/// A UDP sink counting every datagram it receives, on its own thread until dropped.
+pub struct UdpSink {
+    received: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Datagrams received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Starts a UDP sink on `addr` inside network namespace `netns` (a name under /run/netns, or an
+/// absolute path such as a task's pinned namespace): one thread draining the socket with
+/// recvmmsg in batches of 64 and counting datagrams, so the count is what reached a socket.
+pub fn udp_sink(netns: &str, addr: SocketAddr) -> Result<UdpSink> {
+    let socket = lab::in_netns(netns, move || UdpSocket::bind(addr))?
+        .with_context(|| format!("binding UDP {addr} in {netns}"))?;
+    // A deep receive queue, so bursts are not lost to a briefly descheduled thread.
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt with a valid descriptor and a pointer to a c_int of the given size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            const BATCH: usize = 64;
+            let mut buffers = vec![[0u8; 64]; BATCH];
+            let mut iov: Vec<libc::iovec> = buffers
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: mmsghdr is plain data; zeroed is a valid empty header filled below.
+            let mut headers: Vec<libc::mmsghdr> =
+                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (header, iov) in headers.iter_mut().zip(iov.iter_mut()) {
+                header.msg_hdr.msg_iov = iov;
+                header.msg_hdr.msg_iovlen = 1;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: headers point at iovecs and buffers that outlive the call. With
+                // MSG_WAITFORONE it blocks (up to SO_RCVTIMEO) for the first datagram only.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        socket.as_raw_fd(),
+                        headers.as_mut_ptr(),
+                        BATCH as u32,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    Ok(UdpSink {
+        received,
+        stop,
+        worker: Some(worker),
+    })
+}
+
+/// Whether `GET /` to `target` from namespace `netns` answers 200.
+pub fn http_ok(netns: &str, target: SocketAddr) -> bool {
+    lab::in_netns(netns, move || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        Ok(answer.starts_with(b"HTTP/1.1 200"))
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or(false)
+}
+
+/// Sends `count` small datagrams from namespace `netns` to `target`, each from a fresh socket.
+pub fn udp_probe(netns: &str, target: SocketAddr, count: usize) -> Result<()> {
+    lab::in_netns(netns, move || -> std::io::Result<()> {
+        for _ in 0..count {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.send_to(b"probe", target)?;
+        }
+        Ok(())
+    })??;
+    Ok(())
+}
