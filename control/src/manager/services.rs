@@ -44,13 +44,23 @@ impl Manager {
             updated_ms: now,
             vips: Vec::new(),
         };
-        match self.read(|state| allocate_vips(state, &record)) {
-            Ok(vips) => record.vips = vips,
-            Err(why) => return ApiResponse::Error(why),
-        }
-        match self.apply(Command::CreateService(record)).await {
-            Ok(()) => super::api::done(id),
-            Err(answer) => answer,
+        // VIPs come from the state as read here; a create or a task placed meanwhile may take
+        // the same address, and the store refuses the later write. Allocate again then.
+        let mut attempts = 0;
+        loop {
+            match self.read(|state| allocate_vips(state, &record)) {
+                Ok(vips) => record.vips = vips,
+                Err(why) => return ApiResponse::Error(why),
+            }
+            match self.apply(Command::CreateService(record.clone())).await {
+                Ok(()) => return super::api::done(id),
+                Err(ApiResponse::Error(why))
+                    if why.contains(crate::store::ADDRESS_RACE) && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(answer) => return answer,
+            }
         }
     }
 

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::network::NetworkRecord;
 use crate::service::{ServiceRecord, ServiceSpec, TaskOp, TaskRecord};
 
+/// How the store refuses an address another write took first (the writer allocates again).
+pub const ADDRESS_RACE: &str = "was taken by a concurrent change";
+
 /// A node's Raft and cluster ID.
 pub type NodeId = u64;
 
@@ -344,7 +347,7 @@ impl ClusterState {
                     let used = crate::network::alloc::addresses_in_use(self, &vip.network_id);
                     if used.contains(&vip.ip) {
                         return refused(format!(
-                            "VIP {} was taken by a concurrent change; create the service again",
+                            "VIP {} {ADDRESS_RACE}; create the service again",
                             vip.ip
                         ));
                     }
