@@ -251,8 +251,10 @@ int lb_reply(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return LB_DROP(xdp, LB_DROP_TRUNCATED_ETH);
+	/* IPv6 link-local housekeeping (ND, MLD) of gw0's stack: the host's own business on its
+	 * own interface, not a task's reply to a client. */
 	if (eth->h_proto != LB_BE_ETH_P_IP)
-		return LB_DROP(xdp, LB_DROP_REPLY_NOT_IPV4);
+		return TC_ACT_OK;
 	struct lb_pkt p = {};
 	int rc = lb_parse_ipv4(skb, xdp, sizeof(struct ethhdr), &p);
 	if (rc >= 0)

@@ -20,7 +20,7 @@
 #define LB_DROP_NO_CONFIG 11     /* the config map is not filled in yet */
 #define LB_DROP_DECAP_NO_BACKEND 12 /* mesh VXLAN for an address no local backend has */
 #define LB_DROP_REPLY_NO_NAT 13  /* a leg's packet without a reverse-NAT entry */
-#define LB_DROP_REPLY_NOT_IPV4 14 /* a leg's frame that is not IPv4 */
+#define LB_DROP_REPLY_NOT_IPV4 14 /* retired: a leg's non-IPv4 frames now pass to the host */
 #define LB_DROP_CSUM_FAIL 15     /* a checksum or store helper failed */
 #define LB_DROP_BAD_INNER 16     /* mesh VXLAN whose inner frame is not IPv4 TCP/UDP/ICMP */
 #define LB_DROP_UNKNOWN_LEG 17   /* lb_reply on an interface the legs map lacks */
