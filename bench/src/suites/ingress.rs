@@ -2,9 +2,11 @@
 //! ingress interface, for Mesh's routing mesh (BPF at TC, BPF at XDP, and its nftables
 //! fallback; backend on the ingress host itself or on another host) and the baselines, all
 //! interleaved in one run.
-//! Baselines: the client straight to a backend (the limit); nftables DNAT load balancing set
-//! up by hand (kube-proxy/Swarm style); XDP_DROP and an nftables drop on the same kind of veth
-//! as the packet-rate limits.
+//! Baselines: the client straight to a backend (the limit); the client routed straight to the
+//! local task's address through the ingress host, without any balancer (the path Mesh's local
+//! backend takes, minus the balancer); nftables DNAT load balancing set up by hand
+//! (kube-proxy/Swarm style); XDP_DROP and an nftables drop on the same kind of veth as the
+//! packet-rate limits.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -17,10 +19,11 @@ use serde_json::Value;
 use crate::ctx::{Ctx, Outcome};
 use crate::handmade::nft_dnat_lb;
 use crate::loadgen::{self, Protocol, Server, UdpSink};
-use crate::report::{Better, Recorder};
+use crate::report::{Better, Metric, Recorder};
 use crate::tools::{self, sh, wrk};
 
 const DIRECT: &str = "direct to backend (limit)";
+const ROUTED: &str = "direct to the task (routed, no balancer)";
 const NFT_DNAT: &str = "nftables DNAT (hand-made)";
 const CONN_RATE: &str = "new connections/s (connection per request)";
 const CONN_P50: &str = "latency p50, connection per request";
@@ -84,12 +87,23 @@ const MODES: [Mode; 3] = [
 
 /// Where a Mesh variant's backend runs.
 const PLACES: [&str; 2] = ["local backend", "remote backend"];
+/// The lb_mode whose lab also serves the routed-to-task baseline: there meshd itself routes
+/// the local task's subnet from the host namespace into the network namespace.
+const ROUTED_MODE: &str = "nftables";
+/// The next hop meshd's leg routes use in the host namespace (`<subnet> via 169.254.0.1 dev
+/// mg-<network id> onlink`).
+const LEG_GATEWAY: &str = "169.254.0.1";
+/// Last octet of c1's extra underlay address for the routed-to-task flows: above every lab
+/// host's (.1 to .250).
+const ROUTED_SOURCE_HOST: u8 = 251;
 
 /// A running lab with meshd balancing in one mode: a local and a remote service, each one task
 /// running `sleep` with the bench's HTTP backend and UDP sink bound inside its namespace.
 struct MeshLab {
     mode: Mode,
     ingress: Ipv4Addr,
+    /// The tasks' pinned network namespaces (local, remote).
+    task_netns: Vec<String>,
     // Dropped before the lab: sockets and programs first, then the namespaces.
     servers: Vec<Server>,
     sinks: Vec<UdpSink>,
@@ -135,9 +149,23 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         meshes.push(MeshLab::up(ctx, mode).with_context(|| format!("setting up {}", mode.label))?);
     }
 
+    // The routed-to-task baseline, in the nftables fallback's lab (see routed_to_task).
+    let routed_mesh = meshes
+        .iter()
+        .find(|m| m.mode.lb_mode == ROUTED_MODE)
+        .context("no nftables lab for the routed-to-task baseline")?;
+    let routed = routed_mesh
+        .routed_to_task()
+        .context("setting up the routed-to-task baseline")?;
+
     // (variant, lab, URL) for every HTTP variant, in the order each round runs them.
     let mut targets: Vec<(String, &Lab, String)> = vec![
         (DIRECT.into(), &*lab, format!("http://{}/", backends[0])),
+        (
+            ROUTED.into(),
+            &*routed_mesh.lab,
+            format!("http://{}/", routed.task),
+        ),
         (
             NFT_DNAT.into(),
             &*lab,
@@ -248,13 +276,17 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         .map(|m| m.paths().map(|p| format!("{}: {p}", m.mode.label)))
         .collect::<Result<_>>()?;
     drop(meshes);
+    let metrics = rec.finish();
+    let local_over_routed = local_over_routed(&metrics);
     Ok(Outcome {
-        metrics: rec.finish(),
+        metrics,
         pending: vec![],
         notes: vec![
             format!("Every variant runs once per repetition, in the order listed, all in the same run; {} s per sample. Client c1 runs wrk (1 thread; 16 connections with `Connection: close`, 32 keep-alive) against the bench's Rust HTTP backend (a fixed pool of 64 threads, the same code everywhere); {errors} socket errors or non-2xx answers in all runs.", duration.as_secs()),
             "Direct and nftables DNAT run in a lab without meshd (c1, w1 the ingress host, backends on w2 and w3 bound to the hosts' own addresses). Direct: c1 straight to w2's backend (c1 to a backend host is the same path whether Mesh would call it local or remote). nftables DNAT: on w1, `dnat to numgen random mod 2 map {backends}` plus `ct status dnat masquerade`, as kube-proxy's nftables mode does for traffic from outside.".into(),
             format!("Mesh: one lab per lb_mode (tc, xdp, nftables), up for the whole run: meshd on m1 (manager, the ingress host) and w1, a client c1. Two services of one task each running `sleep 100000` ({IMAGE}, process runtime), pinned with constraints: \"local\" on m1 (published {} → 8080), \"remote\" on w1 (published {} → 8080); the bench's HTTP backend and a UDP sink are bound inside each task's network namespace, so the backend code is the baseline's, plus the task's veth. c1 always targets m1's address, so \"remote\" crosses m1 → VXLAN → w1 and the answer returns from w1 straight to c1 (DSR); with the nftables fallback it is DNAT + masquerade through m1 instead.", MESH_HTTP[0], MESH_HTTP[1]),
+            format!("Direct to the task (routed, no balancer): in the nftables fallback's lab, where meshd routes the local task's subnet from m1's host namespace into the network namespace (`ip route` on m1: `{}`, with a permanent neighbour for {LEG_GATEWAY}, and ip_forward=1), c1 gets `ip route replace {} via {} src {source}` with {source}/32 added to its eth0 (in c1's namespace only) and runs wrk against the local task's address {} itself: the same backend in the same task namespace, crossing m1's eth0 → IP forwarding → mg leg veth → gw0 → network namespace bridge → task veth, and back the same way, as Mesh's local path does, without any balancer. Not quite free of the balancer's side effects: in that lab m1's `ip mesh-lb` table has a nat prerouting chain with a `ct state new` match, so conntrack runs in m1's host namespace for these flows too (every packet is tracked; the first of each meets the nat chains and goes through unchanged), which the BPF labs' m1 does not do for their local path. c1 sends these flows from an address of their own: from its usual one they shared 4-tuples (c1 address and port ↔ task:8080) with the fallback's local flows, whose DNAT keeps the client's address, and what one variant left behind (TIME_WAIT sockets in the task, conntrack entries on m1; which of the two was not traced) met the other's new connections: in the run that did so, the fallback's local conn/s fell to 0.47× of the routed figure (3965 vs 8478, 8818 the run before) while its wrk p50 dropped to 197 µs, i.e. connections stalled before their request. Its ratio column is against direct to backend (limit), like every row's.", routed.route, routed.subnet, routed.via, routed.task, source = routed.source),
+            format!("Mesh local backend ÷ direct to the task (routed, no balancer), medians of the same run: {}. Rates below 1× and latencies above 1× are what the balancer adds on top of the task namespace's path (for the nftables fallback, on top of conntrack too); the ratio column gives the same variants against direct to backend (limit).", local_over_routed),
             format!("Paths reported by `meshctl diag lb` at the end: {}.", paths.join("; ")),
             "XDP lab: meshd sets net.ipv4.conf.eth0.forwarding=1 (bpf_fib_lookup needs it; the bench sets it too), and the lab puts an XDP pass program on every switch-side port (p-m1, p-w1 and p-c1), since XDP_TX on a veth delivers only when the peer runs XDP; the bench adds one on p-m1 and p-w1 only if the lab did not. So in the XDP lab the client's own frames also cross a veth in XDP mode (p-c1). Every lab's client runs `ethtool -K eth0 tx off` (XDP on veth loses CHECKSUM_PARTIAL), so every variant sends with software checksums alike.".into(),
             "CPU per 1000 connections: /proc/stat's softirq and system time summed over all CPUs, read before and after each connection-per-request wrk sample, divided by the connections made (requests/s × duration). The whole machine is one lab, so this is what client, ingress host and backend together spend per connection; the kernel has no CONFIG_IRQ_TIME_ACCOUNTING, so it is tick-sampled. Background load (idle meshd of the three mesh labs, other processes) adds alike to every variant. Baseline: nftables DNAT.".into(),
@@ -307,6 +339,7 @@ impl MeshLab {
         let mut mesh = MeshLab {
             mode,
             ingress: lab.address(INGRESS_HOST)?,
+            task_netns: Vec::new(),
             servers: Vec::new(),
             sinks: Vec::new(),
             _peer_pass: peer_pass,
@@ -336,6 +369,7 @@ impl MeshLab {
         }
         for name in ["local", "remote"] {
             let netns = mesh.task_netns(name)?;
+            mesh.task_netns.push(netns.clone());
             mesh.servers.push(loadgen::serve(
                 &netns,
                 SocketAddr::from(([0, 0, 0, 0], BACKEND_PORT)),
@@ -355,6 +389,74 @@ impl MeshLab {
             );
         }
         Ok(mesh)
+    }
+
+    /// Makes the local task reachable from c1 without the balancer: finds the route meshd put
+    /// on the ingress host for the task's subnet (`<subnet> via 169.254.0.1 dev mg-<id>
+    /// onlink`), routes that subnet from c1 via the ingress host's underlay address (in c1's
+    /// namespace only), and waits until the task's backend answers there.
+    fn routed_to_task(&self) -> Result<Routed> {
+        let routes = sh(&self.lab, INGRESS_HOST, &["ip", "-4", "route", "show"])?;
+        let legs = parse_leg_routes(&routes);
+        let netns = format!("--net={}", self.task_netns[0]);
+        let addrs = sh(
+            &self.lab,
+            INGRESS_HOST,
+            &["nsenter", &netns, "ip", "-4", "-o", "addr", "show"],
+        )?;
+        let (task, leg) = parse_inet_addrs(&addrs)
+            .into_iter()
+            .find_map(|(addr, _)| {
+                legs.iter()
+                    .find(|leg| in_subnet(addr, leg.subnet, leg.prefix_len))
+                    .map(|leg| (addr, leg.clone()))
+            })
+            .with_context(|| {
+                format!("no address of the local task ({}) is in a subnet {INGRESS_HOST} routes through a leg ({})", addrs.trim(), routes.trim())
+            })?;
+        let subnet = format!("{}/{}", leg.subnet, leg.prefix_len);
+        let via = self.ingress.to_string();
+        // A source address of its own, so these flows never share a 4-tuple with the nftables
+        // fallback's (DNAT keeps c1's address and port, to the same task): what one leaves
+        // behind (TIME_WAIT sockets in the task, conntrack entries on m1) would meet the
+        // other's new connections (measured: the fallback's conn/s halved).
+        let [a, b, c, _] = self.lab.address("c1")?.octets();
+        let source = Ipv4Addr::new(a, b, c, ROUTED_SOURCE_HOST).to_string();
+        sh(
+            &self.lab,
+            "c1",
+            &[
+                "ip",
+                "addr",
+                "replace",
+                &format!("{source}/32"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        sh(
+            &self.lab,
+            "c1",
+            &[
+                "ip", "route", "replace", &subnet, "via", &via, "src", &source,
+            ],
+        )?;
+        let target = SocketAddrV4::new(task, BACKEND_PORT);
+        let c1 = self.lab.netns("c1")?;
+        let start = Instant::now();
+        while !loadgen::http_ok(&c1, SocketAddr::V4(target)) {
+            if start.elapsed() > CONVERGE_TIMEOUT {
+                bail!("{target} never answered from c1 routed via {via}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(Routed {
+            task: target,
+            subnet,
+            via,
+            source,
+            route: leg.line,
+        })
     }
 
     fn meshctl(&self, args: &[&str]) -> Result<String> {
@@ -505,6 +607,117 @@ impl MeshLab {
     }
 }
 
+/// The routed-to-task baseline's target and how it is reached.
+struct Routed {
+    /// The local task's address and target port.
+    task: SocketAddrV4,
+    /// The task's subnet, as c1 routes it.
+    subnet: String,
+    /// The ingress host's underlay address, c1's next hop.
+    via: String,
+    /// c1's extra underlay address these flows come from.
+    source: String,
+    /// meshd's route on the ingress host, as `ip route` shows it.
+    route: String,
+}
+
+/// A host-namespace route through a network's leg.
+#[derive(Clone, Debug, PartialEq)]
+struct LegRoute {
+    subnet: Ipv4Addr,
+    prefix_len: u8,
+    line: String,
+}
+
+/// The `<subnet> via 169.254.0.1 dev mg-<id> ...` routes of `ip -4 route show` output.
+fn parse_leg_routes(routes: &str) -> Vec<LegRoute> {
+    routes
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .copied()
+            };
+            if after("via") != Some(LEG_GATEWAY) || !after("dev")?.starts_with("mg-") {
+                return None;
+            }
+            let (subnet, prefix_len) = words.first()?.split_once('/')?;
+            Some(LegRoute {
+                subnet: subnet.parse().ok()?,
+                prefix_len: prefix_len.parse().ok().filter(|p| *p <= 32)?,
+                line: words.join(" "),
+            })
+        })
+        .collect()
+}
+
+/// The IPv4 addresses (with prefix lengths) of `ip -4 -o addr show` output, loopback left out.
+fn parse_inet_addrs(text: &str) -> Vec<(Ipv4Addr, u8)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            let (addr, prefix_len) = words.next()?.split_once('/')?;
+            let addr: Ipv4Addr = addr.parse().ok()?;
+            (!addr.is_loopback()).then_some((addr, prefix_len.parse().ok()?))
+        })
+        .collect()
+}
+
+fn in_subnet(addr: Ipv4Addr, subnet: Ipv4Addr, prefix_len: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    u32::from(addr) & mask == u32::from(subnet) & mask
+}
+
+/// The median of `variant` for `metric`.
+fn median(metrics: &[Metric], metric: &str, variant: &str) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|m| m.name == metric)?
+        .variants
+        .iter()
+        .find(|v| v.name == variant)?
+        .summary
+        .map(|s| s.median)
+}
+
+/// "TC: conn/s 0.95×, ...; XDP: ...": every Mesh mode's local backend over the routed-to-task
+/// baseline, for the rates and the p50 latencies.
+fn local_over_routed(metrics: &[Metric]) -> String {
+    let columns = [
+        (CONN_RATE, "conn/s"),
+        (KA_RATE, "keep-alive req/s"),
+        (CONN_P50, "p50 connection per request"),
+        (KA_P50, "p50 keep-alive"),
+    ];
+    MODES
+        .iter()
+        .map(|mode| {
+            let variant = format!("{}, {}", mode.label, PLACES[0]);
+            let ratios: Vec<String> = columns
+                .iter()
+                .map(|(metric, short)| {
+                    let ratio = median(metrics, metric, &variant)
+                        .zip(median(metrics, metric, ROUTED))
+                        .filter(|(_, routed)| *routed != 0.0)
+                        .map_or("-".to_string(), |(mesh, routed)| {
+                            format!("{:.2}×", mesh / routed)
+                        });
+                    format!("{short} {ratio}")
+                })
+                .collect();
+            format!("{}: {}", mode.label, ratios.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Cumulative CPU time of every CPU, in clock ticks, from /proc/stat.
 #[derive(Clone, Copy)]
 struct CpuTimes {
@@ -586,5 +799,35 @@ mod tests {
         assert_eq!((times.system, times.softirq), (671970, 107956));
         assert!(parse_cpu_times("cpu0 1 2\n").is_err());
         assert!(parse_cpu_times("cpu  1 2 3\n").is_err());
+    }
+
+    #[test]
+    fn leg_routes_are_the_subnets_via_the_leg_gateway() {
+        let routes = "default via 198.18.0.1 dev eth0\n\
+            10.0.0.0/24 via 169.254.0.1 dev mg-4f2a onlink \n\
+            10.0.9.0/24 via 169.254.0.1 dev eth0 onlink\n\
+            10.1.0.0/16 via 198.18.0.9 dev eth0\n\
+            198.18.0.0/15 dev eth0 proto kernel scope link src 198.18.0.2\n";
+        assert_eq!(
+            parse_leg_routes(routes),
+            vec![LegRoute {
+                subnet: Ipv4Addr::new(10, 0, 0, 0),
+                prefix_len: 24,
+                line: "10.0.0.0/24 via 169.254.0.1 dev mg-4f2a onlink".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn task_addresses_leave_out_loopback_and_match_subnets() {
+        let addrs = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+            7: eth0    inet 10.0.0.3/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever preferred_lft forever\n";
+        let parsed = parse_inet_addrs(addrs);
+        assert_eq!(parsed, vec![(Ipv4Addr::new(10, 0, 0, 3), 24)]);
+        let subnet = Ipv4Addr::new(10, 0, 0, 0);
+        assert!(in_subnet(parsed[0].0, subnet, 24));
+        assert!(!in_subnet(Ipv4Addr::new(10, 0, 1, 3), subnet, 24));
+        assert!(in_subnet(Ipv4Addr::new(192, 0, 2, 1), subnet, 0));
+        assert!(in_subnet(subnet, subnet, 32));
     }
 }
