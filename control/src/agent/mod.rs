@@ -85,6 +85,8 @@ pub struct Agent {
     endpoints_changed: Notify,
     /// One overlay convergence at a time.
     converging: tokio::sync::Mutex<()>,
+    /// One balancer convergence at a time.
+    balancing: tokio::sync::Mutex<()>,
     /// The overlay plan last converged without error.
     last_plan: Mutex<Option<dataplane::overlay::HostOverlay>>,
     /// Kernel drift the overlay repaired (milliseconds since the epoch, what was redone).
@@ -130,6 +132,7 @@ impl Agent {
             discovery,
             endpoints_changed: Notify::new(),
             converging: tokio::sync::Mutex::new(()),
+            balancing: tokio::sync::Mutex::new(()),
             view_shipped: Mutex::new(None),
             last_plan: Mutex::new(None),
             drift: Mutex::new(VecDeque::new()),

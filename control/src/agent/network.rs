@@ -214,65 +214,67 @@ impl Agent {
         let Some(underlay_ip) = self.underlay_ip else {
             return;
         };
-        let _one = self.converging.lock().await;
-        let assignments = self.last.lock().expect("agent lock").clone();
-        let Some(assignments) = assignments else {
-            return;
-        };
-        let seen = self.discovery.endpoints();
-        let plan = desired(
-            &assignments,
-            &seen,
-            self.node_id,
-            underlay_ip,
-            &self.netns_dir,
-        );
-        let plan_tasks = vip_tasks(&plan);
-        let unchanged = self.last_plan.lock().expect("agent lock").as_ref() == Some(&plan);
-        let data_path_port = plan.data_path_port;
-        match self.overlay.apply(&plan).await {
-            Ok(applied) if !applied.is_empty() => {
-                tracing::info!(changes = ?applied.changes, "overlay converged");
-                if unchanged {
-                    // The same plan converged before: something changed the kernel behind
-                    // our back. `diag overlay` reports it.
-                    tracing::warn!(changes = ?applied.changes, "repaired overlay drift");
-                    self.record_drift(&applied.changes);
+        let data_path_port = {
+            let _one = self.converging.lock().await;
+            let assignments = self.last.lock().expect("agent lock").clone();
+            let Some(assignments) = assignments else {
+                return;
+            };
+            let seen = self.discovery.endpoints();
+            let plan = desired(
+                &assignments,
+                &seen,
+                self.node_id,
+                underlay_ip,
+                &self.netns_dir,
+            );
+            let unchanged = self.last_plan.lock().expect("agent lock").as_ref() == Some(&plan);
+            let data_path_port = plan.data_path_port;
+            match self.overlay.apply(&plan).await {
+                Ok(applied) if !applied.is_empty() => {
+                    tracing::info!(changes = ?applied.changes, "overlay converged");
+                    if unchanged {
+                        // The same plan converged before: something changed the kernel behind
+                        // our back. `diag overlay` reports it.
+                        tracing::warn!(changes = ?applied.changes, "repaired overlay drift");
+                        self.record_drift(&applied.changes);
+                    }
+                    *self.last_plan.lock().expect("agent lock") = Some(plan);
                 }
-                *self.last_plan.lock().expect("agent lock") = Some(plan);
+                Ok(_) => *self.last_plan.lock().expect("agent lock") = Some(plan),
+                Err(err) => {
+                    tracing::warn!(error = %err, "converging the overlay; retrying with the next assignments")
+                }
             }
-            Ok(_) => *self.last_plan.lock().expect("agent lock") = Some(plan),
-            Err(err) => {
-                tracing::warn!(error = %err, "converging the overlay; retrying with the next assignments")
-            }
-        }
-        self.ensure_probe_responder(underlay_ip, data_path_port);
-        self.apply_balancer(
-            &assignments,
-            &seen,
-            &plan_tasks,
-            underlay_ip,
-            data_path_port,
-        )
-        .await;
+            self.ensure_probe_responder(underlay_ip, data_path_port);
+            data_path_port
+        };
+        // Outside the overlay's lock: starting the balancer loads and verifies its programs,
+        // which takes seconds on a loaded host, and the overlay must not wait for that.
+        self.apply_balancer(underlay_ip, data_path_port).await;
     }
 
-    /// Converges the routing mesh and the VIPs after the overlay (their legs and veths exist
-    /// by then).
-    async fn apply_balancer(
-        &self,
-        assignments: &Assignments,
-        seen: &[SeenEndpoint],
-        vip_tasks: &[dataplane::lb::vip::VipTask],
-        underlay_ip: Ipv4Addr,
-        data_path_port: u16,
-    ) {
+    /// Converges the routing mesh and the VIPs to the latest assignments and endpoint view,
+    /// after the overlay (their legs and veths exist by then). One at a time, each from the
+    /// newest state, so an older view never lands after a newer one.
+    async fn apply_balancer(&self, underlay_ip: Ipv4Addr, data_path_port: u16) {
+        let _one = self.balancing.lock().await;
         let Some(underlay) = self.underlay(underlay_ip, data_path_port).await else {
             return;
         };
-        let desired = crate::ingress::plan::desired(assignments, seen, &underlay);
+        let Some(assignments) = self.last.lock().expect("agent lock").clone() else {
+            return;
+        };
+        let seen = self.discovery.endpoints();
+        let vip_tasks = self
+            .last_plan
+            .lock()
+            .expect("agent lock")
+            .as_ref()
+            .map(vip_tasks)
+            .unwrap_or_default();
+        let desired = crate::ingress::plan::desired(&assignments, &seen, &underlay);
         let balancer = Arc::clone(&self.balancer);
-        let vip_tasks = vip_tasks.to_vec();
         let applied =
             tokio::task::spawn_blocking(move || balancer.apply(&desired, &vip_tasks)).await;
         if let Err(err) = applied {
