@@ -186,7 +186,7 @@ static __always_inline int lb_ingress(void *ctx, const bool xdp)
 		return LB_DROP(xdp, LB_DROP_FRAGMENT);
 	struct lb_backend be;
 	__u32 reason = LB_DROP_NO_BACKEND;
-	if (lb_pick(p.saddr, p.daddr, p.sport, p.dport, p.proto, &svc, &be, &reason)) {
+	if (lb_pick(p.saddr, p.daddr, p.sport, p.dport, p.proto, p.opens, &svc, &be, &reason)) {
 		/* No backend: TCP clients get a RST, as from a closed port. */
 		if (reason == LB_DROP_NO_BACKEND) {
 			rc = lb_answer_rst(ctx, xdp, cfg, &p);

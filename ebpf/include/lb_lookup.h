@@ -16,9 +16,11 @@ static __always_inline struct lb_service *lb_service(__u8 proto, __be16 port)
 
 /* The backend of client flow {client, published port}: 0 with `out` filled,
  * or a drop reason. A flow whose backend is gone (removed, not draining) is
- * picked again and re-recorded. */
+ * picked again and re-recorded, and so is a new TCP connection (`opens`) that
+ * reuses the 5-tuple of an old one pinned to a draining backend: the task may
+ * already have stopped listening. */
 static __always_inline int lb_pick(__be32 client_ip, __be32 host_ip, __be16 client_port,
-				   __be16 published_port, __u8 proto,
+				   __be16 published_port, __u8 proto, __u8 opens,
 				   const struct lb_service *svc, struct lb_backend *out,
 				   __u32 *reason)
 {
@@ -33,7 +35,7 @@ static __always_inline int lb_pick(__be32 client_ip, __be32 host_ip, __be16 clie
 	if (flow) {
 		__u32 id = flow->backend_id;
 		struct lb_backend *be = bpf_map_lookup_elem(&LB_BACKENDS, &id);
-		if (be) {
+		if (be && !(opens && (be->flags & LB_BACKEND_DRAINING))) {
 			*out = *be;
 			return 0;
 		}

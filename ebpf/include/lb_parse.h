@@ -25,7 +25,8 @@ struct lb_pkt {
 	__be16 frag_off;
 	__u16 tot_len;  /* host order */
 	__u8 proto;
-	__u8 pad[3];
+	__u8 opens;     /* a TCP SYN without ACK: a new connection */
+	__u8 pad[2];
 };
 
 /* The IPv4 header at `off`: LB_CONTINUE with `p` filled, or a drop verdict
@@ -97,6 +98,12 @@ static __always_inline int lb_parse_ports(void *ctx, const bool xdp, struct lb_p
 		return LB_DROP(xdp, LB_DROP_TRUNCATED_L4);
 	p->sport = ports->source;
 	p->dport = ports->dest;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + off;
+		if ((void *)(tcp + 1) > end)
+			return LB_DROP(xdp, LB_DROP_TRUNCATED_L4);
+		p->opens = tcp->syn && !tcp->ack;
+	}
 	return LB_CONTINUE;
 }
 
