@@ -298,7 +298,9 @@ impl Lab {
             }
         };
         sys::signal(pid, libc::SIGKILL);
-        sys::wait_until(Duration::from_secs(5), || !sys::process_alive(pid));
+        // Exit releases meshd's BPF links and namespaces under the kernel's rtnl lock: on a
+        // loaded machine that takes seconds, and a new meshd must find the state dir free.
+        sys::wait_until(Duration::from_secs(30), || !sys::process_alive(pid));
         self.state.hosts[index].daemon_pid = None;
         self.state.save()
     }
