@@ -167,12 +167,20 @@ fn lock_state_dir(dir: &Path) -> Result<StateLock, DaemonError> {
     fs::create_dir_all(dir).map_err(state_error)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(state_error)?;
     let file = File::create(dir.join("meshd.lock")).map_err(state_error)?;
-    // SAFETY: flock on a descriptor we own; non-blocking, touches no memory.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(DaemonError::AlreadyRunning(dir.to_path_buf()));
+    // A meshd killed a moment ago may still be exiting (releasing its BPF links takes the
+    // kernel's rtnl lock, seconds on a loaded host): give it that long before refusing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // SAFETY: flock on a descriptor we own; non-blocking, touches no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(StateLock { _file: file });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(DaemonError::AlreadyRunning(dir.to_path_buf()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    Ok(StateLock { _file: file })
 }
 
 fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
