@@ -544,11 +544,27 @@ fn removed_tasks_and_networks_leave_nothing_behind() {
     let a3 = world.task("a3", NET_A).clone();
     world.assert_ping(world.task("a1", NET_A), &a3);
 
+    // The tasks' gateway keeps one MAC whatever ports come and go (a bridge would otherwise
+    // take its lowest port's, and a task leaving would move it under the others).
+    let bridge_mac = |world: &World| {
+        let ns = world.network_ns("c3", NET_A);
+        let line = world.nsenter("c3", &ns, &["ip", "-br", "link", "show", "br0"]);
+        line.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fixed = dataplane::overlay::names::fmt_mac(&dataplane::overlay::names::bridge_mac(
+        world.lab.addr("c3"),
+    ));
+    assert_eq!(bridge_mac(&world), fixed);
+
     // Task a3 leaves: its veth goes on c3, its entries on c1 and c2.
     world
         .tasks
         .retain(|t| !(t.id == a3.id && t.net.id == NET_A.id));
     world.apply_all();
+    assert_eq!(bridge_mac(&world), fixed);
     let ve = dataplane::overlay::names::veth_name(&a3.id);
     let links = world.nsenter("c3", &world.network_ns("c3", NET_A), &["ip", "-o", "link"]);
     assert!(!links.contains(&ve), "{ve} is still there: {links}");

@@ -98,6 +98,16 @@ pub fn leg(id: &str) -> Leg {
     }
 }
 
+/// The MAC of a network's bridge on the host with underlay address `underlay_ip`: `02:62:`
+/// ("b") and the address, locally administered unicast, distinct from every task's
+/// (`02:42:..`) and leg's, and the same after a restart. A bridge without a MAC of its own
+/// takes its lowest port's, and changes it when that port leaves: the tasks' gateway would
+/// move to another MAC under them, and their replies go nowhere until ARP notices.
+pub fn bridge_mac(underlay_ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = underlay_ip.octets();
+    [0x02, 0x62, a, b, c, d]
+}
+
 /// The network-side veth of a task: `ve-` and the task ID when it is at most 12 characters of
 /// `[a-z0-9]`, else `ve-`, its first 7 such characters and 5 hex digits of a hash of the whole
 /// ID (so two IDs with a common prefix still get different names).
@@ -221,6 +231,20 @@ mod tests {
             super::leg("net1").ns_mac[2..],
             super::leg("net1").host_mac[2..]
         );
+    }
+
+    #[test]
+    fn bridges_get_a_fixed_mac_per_host_apart_from_tasks_and_legs() {
+        let mac = bridge_mac(std::net::Ipv4Addr::new(198, 18, 0, 7));
+        assert_eq!(mac, [0x02, 0x62, 198, 18, 0, 7]);
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        assert_ne!(mac, bridge_mac(std::net::Ipv4Addr::new(198, 18, 0, 8)));
+        let leg = leg("net1");
+        for other in [leg.host_mac, leg.ns_mac] {
+            assert_ne!(mac[..2], other[..2]);
+        }
+        // Tasks' MACs are 02:42 and their address.
+        assert_ne!(mac[1], 0x42);
     }
 
     #[test]

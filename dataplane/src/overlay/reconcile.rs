@@ -49,7 +49,7 @@ pub async fn network(ctx: &Ctx<'_>, net: &NetworkPlan, applied: &mut Applied) ->
         };
         fix_link(&nl, lo, &want, &net.id, applied).await?;
     }
-    let bridge = ensure_bridge(&nl, net, &links, applied).await?;
+    let bridge = ensure_bridge(&nl, ctx.host.underlay_ip, net, &links, applied).await?;
     let vxlan = ensure_vxlan(ctx, &ns, &nl, net, bridge, &links, applied).await?;
 
     let wanted: BTreeSet<String> = net.local.iter().map(|ep| veth_name(&ep.task_id)).collect();
@@ -242,10 +242,11 @@ async fn leg_mtu(ctx: &Ctx<'_>) -> Result<u32> {
         .map_or(1500, |l| l.facts.mtu))
 }
 
-/// Creates `br0` if it is missing (or is not a bridge), and fixes its MTU, state and address.
-/// Returns its index.
+/// Creates `br0` if it is missing (or is not a bridge), and fixes its MTU, MAC, state and
+/// address. Returns its index.
 async fn ensure_bridge(
     nl: &Netlink,
+    underlay_ip: Ipv4Addr,
     net: &NetworkPlan,
     links: &[Link],
     applied: &mut Applied,
@@ -259,8 +260,12 @@ async fn ensure_bridge(
         }
         None => Some(String::new()),
     };
+    let mac = ifnames::bridge_mac(underlay_ip);
     if let Some(reason) = recreate {
-        let message = LinkBridge::new(BRIDGE).mtu(net.mtu).build();
+        let message = LinkBridge::new(BRIDGE)
+            .mtu(net.mtu)
+            .address(mac.to_vec())
+            .build();
         nl.add_link(message, format!("creating bridge {BRIDGE}"))
             .await?;
         applied.push(&net.id, created_or_recreated(BRIDGE, reason));
@@ -268,6 +273,7 @@ async fn ensure_bridge(
     let bridge = require_link(nl, BRIDGE).await?;
     let want = LinkWant {
         mtu: net.mtu,
+        mac: Some(mac),
         ..LinkWant::default()
     };
     fix_link(nl, &bridge, &want, &net.id, applied).await?;
