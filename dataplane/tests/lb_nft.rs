@@ -639,3 +639,36 @@ fn a_balancer_reports_what_it_needs() {
         .to_string();
     assert!(err.contains("tcp/80"), "{err}");
 }
+
+#[test]
+fn a_peer_ahead_of_this_host_gets_its_flow_once_the_backend_is_programmed() {
+    let Some(lab) = Lab::new() else { return };
+    let mut h1 = lab.balancer("h1");
+    let mut h2 = lab.balancer("h2");
+    // h1 already knows t2, which has just started on h2; h2 has not programmed it yet (it
+    // knows only t1, so h1 is its peer and h1's flows meet its peer chain).
+    h1.apply(&host_lb(H1, vec![web(vec![t2()])])).unwrap();
+    h2.apply(&host_lb(H2, vec![web(vec![t1()])])).unwrap();
+
+    let client = std::thread::scope(|scope| {
+        let client = scope.spawn(|| lab.tcp(H1, 80).and_then(|mut conn| conn.ask()));
+        // The SYN h1 sent on is dropped, not refused: the connection is still trying.
+        let dropped = (0..40).any(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            counter(&h2.counters().unwrap(), "drop:peer-no-backend@web/tcp/80") > 0
+        });
+        assert!(dropped, "h2 never dropped h1's flow");
+        assert!(
+            !client.is_finished(),
+            "the client gave up at the first drop"
+        );
+        h2.apply(&host_lb(H2, vec![web(vec![t1(), t2()])])).unwrap();
+        client.join().unwrap()
+    });
+    let answer = client.expect("the retransmitted SYN reaches t2");
+    assert_eq!(answer.task, "t2");
+    assert_eq!(
+        counter(&h2.counters().unwrap(), "refuse:no-backend@web/tcp/80"),
+        0
+    );
+}

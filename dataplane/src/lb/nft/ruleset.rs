@@ -57,16 +57,21 @@ pub enum Outcome {
     Remote,
     /// A new flow found no backend and was refused (TCP reset, ICMP port unreachable).
     Refused,
+    /// A new flow from a peer found no backend on this host and was dropped: the peer's view
+    /// is ahead of this host's (a task that has just started here, not yet programmed), and
+    /// the client's retransmission finds it programmed. A reset would fail the connection.
+    Unready,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::New,
         Outcome::Peer,
         Outcome::Local,
         Outcome::Remote,
         Outcome::Refused,
+        Outcome::Unready,
     ];
 
     /// Suffix of the nft counter's name.
@@ -77,6 +82,7 @@ impl Outcome {
             Self::Local => "local",
             Self::Remote => "remote",
             Self::Refused => "refused",
+            Self::Unready => "unready",
         }
     }
 
@@ -88,6 +94,7 @@ impl Outcome {
             Self::Local => "forward:local",
             Self::Remote => "forward:remote",
             Self::Refused => "refuse:no-backend",
+            Self::Unready => "drop:peer-no-backend",
         }
     }
 }
@@ -427,7 +434,7 @@ fn peers(desired: &HostLb) -> Vec<Ipv4Addr> {
 }
 
 /// The rules that pick a backend among `active` for a new flow (counted as `outcome`), or
-/// refuse it when there is none.
+/// refuse it when there is none (a peer's flow is dropped instead, see [`Outcome::Unready`]).
 fn pick_rules(chain: &str, port: &LbPort, outcome: Outcome, active: &[&LbBackend]) -> Rules {
     let mut rules = Rules::new();
     let slots = slots(active);
@@ -454,6 +461,15 @@ fn pick_rules(chain: &str, port: &LbPort, outcome: Outcome, active: &[&LbBackend
                 data: Expression::Named(NamedExpression::Set(items)),
             }),
         ]);
+    }
+    if outcome == Outcome::Peer {
+        rules.push(vec![
+            Statement::Counter(stmt::Counter::Named(
+                counter_name(chain, Outcome::Unready).into(),
+            )),
+            Statement::Drop(Some(stmt::Drop {})),
+        ]);
+        return rules;
     }
     let reject = match port.protocol {
         Protocol::Tcp => Reject::new(Some(RejectType::TCPReset), None),

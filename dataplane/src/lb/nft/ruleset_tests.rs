@@ -122,6 +122,7 @@ fn a_single_local_backend_gives_this_exact_batch() {
         {"add": {"counter": {"family": "ip", "table": "mesh-lb", "name": "svc-web-tcp-80-peer", "bytes": null}}},
         {"add": {"counter": {"family": "ip", "table": "mesh-lb", "name": "svc-web-tcp-80-refused", "bytes": null}}},
         {"add": {"counter": {"family": "ip", "table": "mesh-lb", "name": "svc-web-tcp-80-remote", "bytes": null}}},
+        {"add": {"counter": {"family": "ip", "table": "mesh-lb", "name": "svc-web-tcp-80-unready", "bytes": null}}},
         {"add": {"chain": {"family": "ip", "table": "mesh-lb", "name": "prerouting",
             "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}},
         {"add": {"chain": {"family": "ip", "table": "mesh-lb", "name": "postrouting",
@@ -223,7 +224,7 @@ fn remote_backends_are_sent_on_and_peers_get_local_ones_only() {
         "refuse:no-backend@web/udp/53"
     );
     assert_eq!(plan.counters["snat"], "forward:snat");
-    assert_eq!(plan.counters.len(), 11);
+    assert_eq!(plan.counters.len(), 13);
 }
 
 #[test]
@@ -261,11 +262,19 @@ fn weights_repeat_backends_and_draining_ones_get_no_new_flows() {
     // New flows from clients never pick it.
     assert!(!picks(&plan, "svc-web-tcp-80").contains(&"svc-web-tcp-80-be-t1".to_string()));
 
-    // With no local backend at all, flows from peers are refused.
+    // With no local backend at all, flows from peers are dropped (their view is ahead of this
+    // host's; the retransmission finds the backend programmed), not refused.
     lb.services[0].backends.remove(0);
     let plan = super::plan(&lb).unwrap();
     assert_eq!(picks(&plan, "svc-web-tcp-80-peer"), Vec::<String>::new());
     assert_eq!(plan.chains["svc-web-tcp-80-peer"].len(), 1);
+    let dropped = json(&plan.chains["svc-web-tcp-80-peer"][0]);
+    assert_eq!(dropped[0]["counter"], "svc-web-tcp-80-unready");
+    assert!(dropped[1].get("drop").is_some(), "{dropped}");
+    assert_eq!(
+        plan.counters["svc-web-tcp-80-unready"],
+        "drop:peer-no-backend@web/tcp/80"
+    );
 }
 
 #[test]
