@@ -104,9 +104,13 @@ fn get(addr: SocketAddrV4, path: &str) -> Result<String, String> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: mesh\r\n\r\n")
         .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    stream.read_to_string(&mut answer).map_err(|e| {
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        format!("read from {addr} (from {local}): {e}")
+    })?;
     // CGI answers end their headers with a bare blank line.
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -170,7 +174,7 @@ impl Load {
                     }
                     match get(*target, "/") {
                         Ok(_) => served += 1,
-                        Err(e) => failed.push(e),
+                        Err(e) => failed.push(format!("{} {e}", clock())),
                     }
                 }
                 (served, failed)
@@ -242,6 +246,9 @@ fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
     std::thread::sleep(Duration::from_secs(1));
     let (served, failed) = load.finish();
     assert!(served > 50, "the load ran ({served} requests)");
+    if !failed.is_empty() {
+        keep_logs(lab);
+    }
     assert!(
         failed.is_empty(),
         "{} of {} requests failed during the scale-down: {:?}; drops: {}",
@@ -251,6 +258,35 @@ fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
         drops(lab)
     );
     eprintln!("scale-down under load: {served} requests, 0 failed");
+}
+
+/// UTC time of day with milliseconds, as meshd's log lines show it.
+fn clock() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+/// Copies every host's meshd log to `/tmp/<lab>-logs/` before the lab goes down, so a failure
+/// can be read against them.
+fn keep_logs(lab: &TestLab) {
+    let dir = std::path::PathBuf::from(format!("/tmp/{}-logs", lab.name()));
+    let _ = std::fs::create_dir_all(&dir);
+    for host in HOSTS {
+        if let Ok(files) = lab.lab().files(host) {
+            let _ = std::fs::copy(files.log(), dir.join(format!("{host}.log")));
+        }
+    }
+    eprintln!("meshd logs kept in {}", dir.display());
 }
 
 /// Every host's nonzero `drop:` counters, for failure messages.
@@ -617,11 +653,7 @@ fn udp_and_host_mode(tag: &str, lb_mode: Option<&str>) {
     );
 }
 
-// A known bug: through nftables, about 1 request in 27,000 of the scale-down's load times
-// out (no reset, no refusal) in recent runs; the BPF path's test passes. Run it with
-// `--ignored` while fixing it.
 #[test]
-#[ignore = "nftables fallback loses about 1 in 27000 requests during a scale-down under load; see the comment"]
 fn nftables_fallback_scales_down_under_load() {
     let lab = lab("nftdown", Some("nftables"));
     web_service(&lab, "web", "3", "published=8080,target=80");
@@ -638,7 +670,7 @@ fn nftables_fallback_balances_the_same_way() {
     // survives when the answering task is on the host that took the request.
     check_mesh(&lab, 8080, &slots, |host, node| host == node);
     assert_eq!(paths(&lab), BTreeSet::from(["nftables".to_string()]));
-    // The scale-down under load through nftables is its own test, ignored above.
+    // The scale-down under load through nftables is its own test, above.
 }
 
 #[test]
@@ -679,12 +711,7 @@ fn a_published_port_is_refused_when_taken_and_assigned_when_omitted() {
     );
 }
 
-// A known bug, not a flaky test to live with: in XDP mode on veth, about 1 request in 6,000
-// of the scale-down's load times out through a host without tasks (no drop counted), in
-// roughly a third of runs on a loaded 2-core machine. The default on veth is TC, whose lab
-// test passes every time. Run it with `--ignored` while fixing it.
 #[test]
-#[ignore = "XDP on veth loses about 1 in 6000 requests during a scale-down under load; see the comment"]
 fn xdp_mode_answers_everywhere_keeps_client_ip_and_scales_down_without_errors() {
     let lab = lab("mesh-xdp", Some("xdp"));
     web_service(&lab, "web", "3", "published=8080,target=80");

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use dataplane::lb::bpf::{BpfBalancer, BpfHook};
 use dataplane::lb::nft::NftBalancer;
 use dataplane::lb::vip::{VipBalancer, VipTask};
-use dataplane::lb::{HostLb, LbCounter, LbError, LbMode, LbPath};
+use dataplane::lb::{BackendState, HostLb, LbCounter, LbError, LbMode, LbPath};
 
 use crate::diag::LbCheck;
 
@@ -123,6 +123,11 @@ impl Balancer {
         }
         match result {
             Ok(()) => {
+                let before = state.applied.as_ref().map(|(lb, _)| backends(lb));
+                let now = backends(desired);
+                if before.as_ref() != Some(&now) {
+                    tracing::info!(backends = %now, "load balancer converged");
+                }
                 state.applied = Some((desired.clone(), vip_tasks.to_vec()));
                 state.error = None;
             }
@@ -191,4 +196,30 @@ fn mode_name(mode: LbMode) -> &'static str {
         LbMode::Tc => "tc",
         LbMode::Nftables => "nftables",
     }
+}
+
+/// Every service's backends in one line, for the log: `web: 1a2b3c4d@198.18.0.3 active, ...`.
+fn backends(lb: &HostLb) -> String {
+    let mut services: Vec<String> = lb
+        .services
+        .iter()
+        .map(|service| {
+            let mut backends: Vec<String> = service
+                .backends
+                .iter()
+                .map(|b| {
+                    let state = match b.state {
+                        BackendState::Active => "active",
+                        BackendState::Draining => "draining",
+                    };
+                    let id = b.task_id.get(..8).unwrap_or(&b.task_id);
+                    format!("{id}@{} {state}", b.vtep)
+                })
+                .collect();
+            backends.sort();
+            format!("{}: {}", service.name, backends.join(", "))
+        })
+        .collect();
+    services.sort();
+    services.join("; ")
 }
