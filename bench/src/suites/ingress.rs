@@ -107,7 +107,6 @@ struct MeshLab {
     // Dropped before the lab: sockets and programs first, then the namespaces.
     servers: Vec<Server>,
     sinks: Vec<UdpSink>,
-    _peer_pass: Vec<TrafficStats>,
     lab: ScopedLab,
 }
 
@@ -310,30 +309,15 @@ impl MeshLab {
             spec.lb_mode = Some(mode.lb_mode.into());
         })?;
         client_checksums_off(&lab)?;
-        let mut peer_pass = Vec::new();
         if mode.lb_mode == "xdp" {
-            let switch = lab::switch_netns(lab.name());
+            // The lab itself puts an XDP pass program on every switch port in xdp mode
+            // (lab::net::prepare_lb_mode), which XDP_TX on veth needs.
             for host in [INGRESS_HOST, REMOTE_HOST] {
                 sh(
                     &lab,
                     host,
                     &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"],
                 )?;
-                // The lab attaches an XDP pass program to every switch port in xdp mode
-                // (lab::net::prepare_lb_mode); add one only where none runs yet.
-                let port = format!("p-{host}");
-                let shown = std::process::Command::new("ip")
-                    .args(["-n", &switch, "link", "show", "dev", &port])
-                    .output()
-                    .context("ip link show")?;
-                if !String::from_utf8_lossy(&shown.stdout).contains("xdp") {
-                    peer_pass.push(
-                        lab::in_netns(&switch, move || {
-                            TrafficStats::attach(&port, XdpMode::Driver)
-                        })?
-                        .context("XDP pass program on a switch port")?,
-                    );
-                }
             }
         }
         let mut mesh = MeshLab {
@@ -342,7 +326,6 @@ impl MeshLab {
             task_netns: Vec::new(),
             servers: Vec::new(),
             sinks: Vec::new(),
-            _peer_pass: peer_pass,
             lab,
         };
         for ((name, host), (http, udp)) in [("local", INGRESS_HOST), ("remote", REMOTE_HOST)]
