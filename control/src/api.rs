@@ -67,6 +67,25 @@ pub enum ApiRequest {
         service: String,
         after: BTreeMap<String, u64>,
     },
+    /// Store a secret or config (the data is encrypted before it reaches the Raft log).
+    SecretCreate {
+        kind: crate::secrets::Kind,
+        name: String,
+        labels: BTreeMap<String, String>,
+        data: crate::secrets::Blob,
+    },
+    /// Every secret (or config): never its data.
+    SecretList { kind: crate::secrets::Kind },
+    /// One secret or config, by name, ID or ID prefix: never its data.
+    SecretInspect {
+        kind: crate::secrets::Kind,
+        secret: String,
+    },
+    /// Remove a secret or config no service uses.
+    SecretRemove {
+        kind: crate::secrets::Kind,
+        secret: String,
+    },
 }
 
 /// An answer to a cluster API call.
@@ -94,6 +113,10 @@ pub enum ApiResponse {
     Networks(Vec<NetworkView>),
     /// Answer to NetworkInspect.
     Network(Box<NetworkView>),
+    /// Answer to SecretList.
+    Secrets(Vec<crate::secrets::SecretView>),
+    /// Answer to SecretInspect.
+    Secret(Box<crate::secrets::SecretView>),
     /// A change was made; warnings the operator should read.
     Done {
         message: String,

@@ -19,6 +19,7 @@ pub mod raft;
 pub mod rpc;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 pub mod store;
 

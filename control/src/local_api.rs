@@ -14,7 +14,8 @@ use crate::api::{ApiRequest, ApiResponse};
 use crate::node::runtime::{InitOptions, Initialized, JoinOptions, MembershipView};
 
 /// Longest request line meshd reads; anything longer is refused without being parsed.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Room for a secret of `secrets::MAX_SIZE` bytes, base64-encoded, and its metadata.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// A request to the local meshd.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

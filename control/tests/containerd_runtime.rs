@@ -103,6 +103,7 @@ impl Fixture {
             limits: Limits::default(),
             netns: self.netns.0.clone(),
             resolv_conf: None,
+            files: Vec::new(),
         }
     }
 }
@@ -272,6 +273,31 @@ async fn tasks_run_in_containerd_with_output_limits_stop_and_adoption() {
     let quota = cgroup_value(&dirs, &["cpu.cfs_quota_us", "cpu.max"]).unwrap();
     assert!(quota == "50000" || quota == "50000 100000", "{quota}");
     assert!(runtime.list().await.unwrap().contains(&task.task_id));
+    // exec (health checks) runs inside the container: its env, uts, net and root; a command
+    // past its timeout is killed.
+    let argv = |script: &str| ["sh".to_string(), "-c".to_string(), script.to_string()];
+    let script = "echo $GREETING; hostname; [ -e /etc/debian_version ] && echo host-root; \
+                  cat /proc/net/dev; exit 2";
+    let out = runtime
+        .exec(&task.task_id, &argv(script), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, Some(ExitStatus::Code(2)), "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert_eq!(lines[..2], ["hi", &task.task_id[..12]], "{lines:?}");
+    assert!(!lines.contains(&"host-root"), "{lines:?}");
+    let interfaces: Vec<&str> = lines[2..]
+        .iter()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|l| l.trim())
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{lines:?}");
+    let out = runtime
+        .exec(&task.task_id, &argv("sleep 30"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, None);
     runtime
         .stop(&task.task_id, Duration::from_millis(300))
         .await

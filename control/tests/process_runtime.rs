@@ -11,7 +11,7 @@ use std::time::Duration;
 use control::runtime::image::write_layout;
 use control::runtime::process::ProcessRuntime;
 use control::runtime::{
-    netns, ExitStatus, Limits, LogLine, Runtime, RuntimeError, Stream, TaskSpec,
+    netns, ExitStatus, FileMount, Limits, LogLine, Runtime, RuntimeError, Stream, TaskSpec,
 };
 use tokio::sync::mpsc;
 
@@ -127,6 +127,7 @@ impl Fixture {
             limits: Limits::default(),
             netns: self.netns.clone(),
             resolv_conf: None,
+            files: Vec::new(),
         }
     }
 
@@ -234,6 +235,40 @@ async fn a_given_resolv_conf_is_what_the_task_sees_read_only() {
 }
 
 #[tokio::test]
+async fn secret_and_config_files_are_bound_read_only_inside_the_image_only() {
+    let Some(fx) = Fixture::new() else { return };
+    let script = "cat /run/secrets/pw; echo; stat -c %a /run/secrets/pw; cat /etc/app.conf; \
+                  echo x > /run/secrets/pw || echo read-only";
+    let mut spec = fx.spec("mesh-test:latest", &["sh", "-c", script]);
+    let source = fx.state_dir().join(format!("{}.pw", spec.task_id));
+    std::fs::write(&source, "hunter2").unwrap();
+    std::fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    let config = fx.state_dir().join(format!("{}.conf", spec.task_id));
+    std::fs::write(&config, "x=1\n").unwrap();
+    spec.files = vec![
+        FileMount {
+            source: source.clone(),
+            target: "/run/secrets/pw".into(),
+        },
+        FileMount {
+            source: config,
+            target: "/etc/app.conf".into(),
+        },
+    ];
+    let (status, lines) = fx.run(&spec).await;
+    assert_eq!(status, ExitStatus::Code(0), "{lines:?}");
+    assert_eq!(stdout(&lines), ["hunter2", "400", "x=1", "read-only"]);
+    assert_eq!(std::fs::read_to_string(&source).unwrap(), "hunter2");
+    assert!(std::fs::read_to_string("/run/secrets/pw").unwrap_or_default() != "hunter2");
+    // On the host's filesystem a task could read every other task's secrets: refused.
+    let mut host = fx.spec("host", &["true"]);
+    host.files = spec.files.clone();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = fx.runtime.start(&host, tx).await.err().expect("refused");
+    assert!(err.to_string().contains("need an image"), "{err}");
+}
+
+#[tokio::test]
 async fn an_image_task_sees_its_own_pid_net_uts_and_root() {
     let Some(fx) = Fixture::new() else { return };
     let script = "echo pid=$$; cat /proc/net/dev; echo host=$(hostname); ls /bin/busybox; \
@@ -330,6 +365,78 @@ async fn limits_land_in_the_task_cgroups() {
         }
         None => assert_eq!(cgroup_file(&cgroups.v2, "cpu.max"), "50000 100000"),
     }
+}
+
+#[tokio::test]
+async fn exec_runs_inside_the_task_and_is_killed_at_its_timeout() {
+    let Some(fx) = Fixture::new() else { return };
+    let spec = fx.spec(
+        "mesh-test:latest",
+        &["sh", "-c", "echo made > /tmp/mark; exec sleep 1000"],
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let _started = fx.runtime.start(&spec, tx).await.unwrap();
+    let id = &spec.task_id;
+    let argv = |script: &str| ["sh".to_string(), "-c".to_string(), script.to_string()];
+    // The task's /tmp is a tmpfs of its own mount namespace: only a command inside sees it.
+    let mut seen = None;
+    for _ in 0..100 {
+        let out = fx
+            .runtime
+            .exec(id, &argv("cat /tmp/mark"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        if out.exit == Some(ExitStatus::Code(0)) {
+            seen = Some(out.output);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("made"));
+    let script = "echo env=$GREETING/$MESH_TASK_SLOT; echo host=$(hostname); echo pid=$$; \
+                  [ -e /etc/debian_version ] && echo host-files-visible; cat /proc/self/cgroup; \
+                  echo oops >&2; exit 4";
+    let out = fx
+        .runtime
+        .exec(id, &argv(script), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, Some(ExitStatus::Code(4)), "{}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert!(lines.contains(&"env=hi/2"), "{lines:?}");
+    let hostname = format!("host={}", &id[..12]);
+    assert!(lines.contains(&hostname.as_str()), "{lines:?}");
+    let pid: u32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("pid="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (2..100).contains(&pid),
+        "not in the task's pid namespace: {lines:?}"
+    );
+    assert!(!lines.contains(&"host-files-visible"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(id.as_str())),
+        "not in the task's cgroup: {lines:?}"
+    );
+    assert_eq!(lines.last(), Some(&"oops"));
+    let begun = std::time::Instant::now();
+    let out = fx
+        .runtime
+        .exec(id, &argv("sleep 30"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(out.exit, None);
+    assert!(begun.elapsed() < Duration::from_secs(5));
+    fx.runtime.stop(id, Duration::ZERO).await.unwrap();
+    let gone = fx
+        .runtime
+        .exec(id, &argv("true"), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(gone.to_string().contains("not running"), "{gone}");
 }
 
 #[tokio::test]

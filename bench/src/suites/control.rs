@@ -106,6 +106,7 @@ fn direct_start(count: usize, image_dir: &std::path::Path) -> Result<Duration> {
                     limits: Limits::default(),
                     netns: path,
                     resolv_conf: None,
+                    files: Vec::new(),
                 };
                 let (logs, _rx) = tokio::sync::mpsc::unbounded_channel();
                 runtime.start(&spec, logs).await?;

@@ -9,6 +9,7 @@
 mod describe;
 pub use describe::describe_node;
 mod diag;
+mod health;
 mod network;
 mod task;
 
@@ -52,6 +53,10 @@ struct LocalTask {
     stopping: bool,
     /// Lines read so far (the next line is numbered one more).
     lines: u64,
+    /// Its health, when its service has a health check and it runs.
+    health: Option<crate::service::health::TaskHealth>,
+    /// Why its health check failed, once it is stopped for it.
+    unhealthy: Option<String>,
 }
 
 /// The parts of the node's networking an agent uses, which outlive it.
@@ -69,6 +74,8 @@ pub struct Agent {
     node_id: NodeId,
     runtime: Arc<dyn Runtime>,
     netns_dir: PathBuf,
+    /// The node's state directory (tasks' secrets live under `secrets/`).
+    state_dir: PathBuf,
     leader: Arc<LeaderClient>,
     tasks: Mutex<HashMap<String, LocalTask>>,
     /// Task IDs the runtime held when this agent started, not yet adopted or stopped.
@@ -145,6 +152,7 @@ impl Agent {
             describer: describe::Describer::new(Arc::clone(&runtime), underlay_ip, gossip_port),
             runtime,
             netns_dir: state_dir.join("netns"),
+            state_dir: state_dir.to_path_buf(),
             leader,
             tasks: Mutex::new(HashMap::new()),
             leftovers: Mutex::new(None),
@@ -240,6 +248,7 @@ impl Agent {
                 error: t.error.clone(),
                 exit: t.exit,
                 at_ms: 0,
+                health: t.health,
             })
             .collect();
         let logs = self
@@ -300,6 +309,9 @@ impl Agent {
                 match wanted.get(&id) {
                     Some(a) if a.task.desired == DesiredState::Running => {
                         self.track(&id, TaskState::Running);
+                        if a.spec.as_ref().is_some_and(|s| s.healthcheck.is_some()) {
+                            self.expect_health(&id);
+                        }
                         tokio::spawn(Arc::clone(self).adopt(a.task.clone(), lines.clone()));
                     }
                     _ => {
@@ -327,6 +339,8 @@ impl Agent {
                         exit: None,
                         stopping: false,
                         lines: 0,
+                        health: None,
+                        unhealthy: None,
                     },
                 );
                 continue;
@@ -339,7 +353,12 @@ impl Agent {
                 continue;
             }
             self.track(id, TaskState::Preparing);
-            tokio::spawn(Arc::clone(self).start(assignment.task.clone(), spec, lines.clone()));
+            tokio::spawn(Arc::clone(self).start(
+                assignment.task.clone(),
+                spec,
+                assignment.secrets.clone(),
+                lines.clone(),
+            ));
         }
         let local: Vec<(String, LocalTask)> = self
             .tasks
@@ -396,6 +415,8 @@ impl Agent {
                 // Numbered from the clock, so lines after an adoption sort after the ones
                 // the previous agent shipped.
                 lines: crate::manager::orchestrate::now_ms() * 1000,
+                health: None,
+                unhealthy: None,
             },
         );
     }
@@ -487,6 +508,8 @@ pub async fn clear_node(runtime: &dyn Runtime, state_dir: &std::path::Path) {
         }
         Err(err) => tracing::warn!(error = %err, "listing tasks on leave"),
     }
+    // After the tasks: nothing holds their secrets any more.
+    crate::secrets::files::clear(state_dir);
     let overlay = dataplane::overlay::Overlay::new(state_dir.join("overlay"));
     if let Err(err) = overlay.clear().await {
         tracing::warn!(error = %err, "removing the overlay networks on leave");

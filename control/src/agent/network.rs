@@ -176,8 +176,13 @@ impl Agent {
                     slot: task.slot,
                     ip: attachment.ip,
                     vtep,
-                    // Health checks come with their own states; until then running is healthy.
-                    healthy: !local.stopping,
+                    // A task with a health check serves once it has passed; one without, as
+                    // soon as it runs.
+                    healthy: !local.stopping
+                        && matches!(
+                            local.health,
+                            None | Some(crate::service::health::TaskHealth::Healthy)
+                        ),
                     draining: local.stopping,
                 });
             }

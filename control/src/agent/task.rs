@@ -18,6 +18,7 @@ impl Agent {
         self: Arc<Self>,
         task: TaskRecord,
         spec: ServiceSpec,
+        secrets: Vec<crate::secrets::SecretData>,
         lines: mpsc::UnboundedSender<LogLine>,
     ) {
         let id = task.id.clone();
@@ -47,6 +48,13 @@ impl Agent {
                 return;
             }
         };
+        let files = match self.prepare_files(&id, &spec, secrets).await {
+            Ok(files) => files,
+            Err(why) => {
+                self.set_state(&id, TaskState::Rejected, Some(why), None);
+                return;
+            }
+        };
         self.set_state(&id, TaskState::Starting, None, None);
         let run = TaskSpec {
             task_id: id.clone(),
@@ -59,13 +67,21 @@ impl Agent {
             limits: spec.limits,
             netns: path,
             resolv_conf,
+            files,
         };
         match self.runtime.start(&run, lines).await {
             Ok(started) => {
+                if spec.healthcheck.is_some() {
+                    // Published as starting, never as serving, until a probe passes.
+                    self.expect_health(&id);
+                }
                 self.set_state(&id, TaskState::Running, None, None);
                 if self.is_stopping(&id) {
                     // Stopped while it was starting: the stop found nothing to stop then.
                     tokio::spawn(Arc::clone(&self).stop(id.clone()));
+                }
+                if let Some(check) = spec.healthcheck.clone() {
+                    tokio::spawn(Arc::clone(&self).check_health(id.clone(), check));
                 }
                 self.watch(id, started).await;
             }
@@ -74,6 +90,61 @@ impl Agent {
                 self.set_state(&id, TaskState::Rejected, Some(err.to_string()), None);
             }
         }
+    }
+
+    /// Writes the task's secrets and configs into its tmpfs: the binds the runtime makes.
+    async fn prepare_files(
+        &self,
+        id: &str,
+        spec: &ServiceSpec,
+        delivered: Vec<crate::secrets::SecretData>,
+    ) -> Result<Vec<crate::runtime::FileMount>, String> {
+        use crate::secrets::{files, Kind};
+        let wanted: Vec<(Kind, crate::secrets::SecretRef)> = spec
+            .secrets
+            .iter()
+            .map(|r| (Kind::Secret, r.clone()))
+            .chain(spec.configs.iter().map(|r| (Kind::Config, r.clone())))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.runtime.name() == "process" && spec.image == crate::runtime::process::HOST_IMAGE {
+            return Err(format!(
+                "secrets and configs need an image: a task of the `{}` image sees the host's filesystem, other tasks' secrets included; give the service an image",
+                crate::runtime::process::HOST_IMAGE
+            ));
+        }
+        for (kind, reference) in &wanted {
+            if !delivered
+                .iter()
+                .any(|d| d.kind == *kind && d.id == reference.id)
+            {
+                return Err(format!(
+                    "{} {} was not delivered with the task: the leader could not decrypt it; check that every manager holds the cluster's data key",
+                    kind.as_str(),
+                    reference.name
+                ));
+            }
+        }
+        let state_dir = self.state_dir.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let task_files: Vec<files::TaskFile> = wanted
+                .iter()
+                .map(|(kind, reference)| files::TaskFile {
+                    kind: *kind,
+                    reference,
+                    data: delivered
+                        .iter()
+                        .find(|d| d.kind == *kind && d.id == reference.id)
+                        .map_or(&[][..], |d| &d.data.0[..]),
+                })
+                .collect();
+            files::prepare(&state_dir, &id, &task_files)
+        })
+        .await
+        .map_err(|e| format!("writing the task's secrets: {e}"))?
     }
 
     /// The task's DNS server, for a task on overlay networks: the resolv.conf it must see.
@@ -112,6 +183,9 @@ impl Agent {
         match self.runtime.adopt(&id, lines).await {
             Ok(started) => {
                 tracing::info!(task = %id, "adopted a running task");
+                if let Some(check) = self.healthcheck_of(&id) {
+                    tokio::spawn(Arc::clone(&self).check_health(id.clone(), check));
+                }
                 // Its resolv.conf still names 127.0.0.11; the server there went with meshd.
                 if let Err(why) = self.serve_dns(&task, &self.netns_path(&id)).await {
                     tracing::warn!(task = %id, error = %why, "restarting an adopted task's DNS server");
@@ -127,8 +201,19 @@ impl Agent {
 
     async fn watch(&self, id: String, started: Started) {
         let exit = started.exited.await.unwrap_or(ExitStatus::Unknown);
+        let unhealthy = self
+            .tasks
+            .lock()
+            .expect("agent lock")
+            .get(&id)
+            .and_then(|t| t.unhealthy.clone());
         let (state, error) = if self.is_stopping(&id) {
             (TaskState::Shutdown, None)
+        } else if let Some(reason) = unhealthy {
+            (
+                TaskState::Failed,
+                Some(format!("health check failed: {reason}")),
+            )
         } else if exit.success() {
             (TaskState::Complete, None)
         } else {
@@ -148,6 +233,21 @@ impl Agent {
         if let Err(err) = self.runtime.stop(&id, STOP_GRACE).await {
             tracing::warn!(task = %id, error = %err, "stopping a task");
         }
+    }
+
+    /// The health check of a task's service, as the last assignments have it.
+    fn healthcheck_of(&self, id: &str) -> Option<crate::service::health::HealthCheck> {
+        self.last
+            .lock()
+            .expect("agent lock")
+            .as_ref()?
+            .tasks
+            .iter()
+            .find(|a| a.task.id == id)?
+            .spec
+            .as_ref()?
+            .healthcheck
+            .clone()
     }
 
     /// Whether the task runs and is on a network, so load balancers may send it flows.
@@ -190,6 +290,14 @@ impl Agent {
         let removed = tokio::task::spawn_blocking(move || netns::remove(&path)).await;
         if let Ok(Err(err)) = removed {
             tracing::warn!(task = %id, error = %err, "removing a task's network namespace");
+        }
+        let state_dir = self.state_dir.clone();
+        let task = id.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || crate::secrets::files::remove(&state_dir, &task))
+                .await;
+        if let Ok(Err(err)) = removed {
+            tracing::warn!(task = %id, error = %err, "removing a task's secrets");
         }
     }
 }

@@ -188,6 +188,13 @@ impl Manager {
             ApiRequest::ServiceRemove { service } => self.remove_service(&service).await,
             ApiRequest::NetworkCreate(spec) => self.create_network(spec).await,
             ApiRequest::NetworkRemove { network } => self.remove_network(&network).await,
+            ApiRequest::SecretCreate {
+                kind,
+                name,
+                labels,
+                data,
+            } => self.create_secret(kind, name, labels, data).await,
+            ApiRequest::SecretRemove { kind, secret } => self.remove_secret(kind, &secret).await,
             ApiRequest::NodePromote { node } => self.promote(&node).await,
             ApiRequest::NodeDemote { node } => self.demote(&node).await,
             ApiRequest::JoinToken { role, rotate } => {
@@ -373,6 +380,10 @@ impl Manager {
                 }
             }
             ApiRequest::ServiceLogs { service, after } => self.service_logs(state, service, after),
+            ApiRequest::SecretList { kind } => super::secrets::list_secrets(state, *kind),
+            ApiRequest::SecretInspect { kind, secret } => {
+                super::secrets::inspect_secret(state, *kind, secret)
+            }
             other => ApiResponse::Error(format!("{other:?} is not a read")),
         })
     }
@@ -442,6 +453,8 @@ fn is_read(request: &ApiRequest) -> bool {
             | ApiRequest::ServiceLogs { .. }
             | ApiRequest::NetworkList
             | ApiRequest::NetworkInspect { .. }
+            | ApiRequest::SecretList { .. }
+            | ApiRequest::SecretInspect { .. }
     )
 }
 

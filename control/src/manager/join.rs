@@ -112,7 +112,19 @@ impl Manager {
             ca_pem: cluster.ca_cert_pem.clone(),
             cert_pem,
             managers,
+            data_key: self.data_key_for(role),
         })
+    }
+
+    /// The data key, for a node of `role` (managers only).
+    pub(super) fn data_key_for(&self, role: Role) -> Option<crate::secrets::Blob> {
+        match role {
+            Role::Manager => self
+                .data_key
+                .as_ref()
+                .map(|k| crate::secrets::Blob(k.bytes().to_vec())),
+            Role::Worker => None,
+        }
     }
 
     fn fresh_node_id(&self) -> Result<NodeId, String> {

@@ -9,6 +9,7 @@ pub mod logs;
 mod networks;
 pub mod orchestrate;
 mod roles;
+pub mod secrets;
 mod services;
 
 use std::collections::{BTreeMap, HashMap};
@@ -78,6 +79,11 @@ pub struct Manager {
     diag: diag::DiagJobs,
     /// This node's gossip, whose failure detection feeds liveness.
     discovery: Mutex<Option<Arc<crate::discovery::Discovery>>>,
+    /// The node's state directory.
+    state_dir: std::path::PathBuf,
+    /// The key secrets are encrypted with at rest; None on a manager of a cluster made
+    /// before secrets existed (it can neither create nor deliver them).
+    data_key: Option<crate::secrets::crypto::DataKey>,
 }
 
 impl Manager {
@@ -94,6 +100,8 @@ impl Manager {
             reason,
         };
         std::fs::create_dir_all(&dir).map_err(|e| store_error(e.to_string()))?;
+        let data_key = crate::secrets::crypto::DataKey::load(state_dir)
+            .map_err(|e| store_error(e.to_string()))?;
         let log = LogStore::open(&dir.join("log.redb")).map_err(|e| store_error(e.to_string()))?;
         let store = StateMachine::open(&dir).map_err(|e| store_error(e.to_string()))?;
         let config = Config {
@@ -131,6 +139,8 @@ impl Manager {
             discovery: Mutex::new(None),
             endpoint_views: Mutex::new(HashMap::new()),
             diag: diag::DiagJobs::default(),
+            state_dir: state_dir.to_path_buf(),
+            data_key,
         });
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
         tokio::spawn(orchestrate::run(Arc::downgrade(&manager)));

@@ -107,7 +107,7 @@ impl Manager {
                     state
                         .tasks
                         .get(&r.task_id)
-                        .is_some_and(|t| t.node_id == Some(node_id) && r.state > t.state)
+                        .is_some_and(|t| t.node_id == Some(node_id) && r.is_news(t))
                 })
                 .map(|mut r| {
                     r.node_id = node_id;
@@ -147,7 +147,11 @@ impl Manager {
         loop {
             // Armed before the check, so a job added in between is not missed.
             let new_job = self.diag.wake.notified();
-            let mut assignments = self.read(|state| assignments_for(state, node_id));
+            let mut assignments = self.read(|state| {
+                let mut assignments = assignments_for(state, node_id);
+                self.attach_secrets(state, &mut assignments);
+                assignments
+            });
             assignments.diag = self.diag_jobs_for(node_id);
             assignments.fingerprint = fingerprint(&assignments);
             if assignments.fingerprint != report.known
@@ -179,6 +183,7 @@ pub fn assignments_for(
         .map(|t| Assignment {
             task: t.clone(),
             spec: state.services.get(&t.service_id).map(|s| s.spec.clone()),
+            secrets: Vec::new(),
         })
         .collect();
     let mut wanted: std::collections::BTreeSet<&str> = tasks
@@ -264,7 +269,17 @@ fn ingress_network<'a>(
 /// A digest of assignments (fingerprint zeroed), stable within one leader's lifetime.
 fn fingerprint(assignments: &Assignments) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = serde_json::to_vec(assignments).unwrap_or_default();
+    // Secrets are immutable, so their IDs stand for their data: no digest of a plaintext is
+    // ever computed (or sent back by the agent).
+    let bytes = if assignments.tasks.iter().any(|a| !a.secrets.is_empty()) {
+        let mut stripped = assignments.clone();
+        for secret in stripped.tasks.iter_mut().flat_map(|a| a.secrets.iter_mut()) {
+            secret.data = crate::secrets::Blob::default();
+        }
+        serde_json::to_vec(&stripped).unwrap_or_default()
+    } else {
+        serde_json::to_vec(assignments).unwrap_or_default()
+    };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     // 0 means "nothing known yet" to the agent.

@@ -148,6 +148,7 @@ impl Manager {
                     cert_pem,
                     role: node.role,
                     managers,
+                    data_key: self.data_key_for(node.role),
                 }
             }
             Err(err) => Response::Refused(format!("the certificate request was refused: {err}")),

@@ -27,6 +27,7 @@ impl Manager {
             return answer;
         }
         let checked = self.read(|state| {
+            super::secrets::resolve_refs(state, &mut spec)?;
             check_image(state, &spec.image)?;
             check_networks(state, &spec)?;
             assign_ports(state, None, &mut spec)

@@ -338,6 +338,7 @@ mod tests {
                 network_id: net.id.clone(),
                 ip: Ipv4Addr::from(ip),
             }],
+            health: None,
         };
         s.tasks
             .insert("t1".into(), task("t1", [10, 1, 0, 2], TaskState::Running));

@@ -417,6 +417,9 @@ impl ClusterNode {
         identity
             .save(&self.state_dir)
             .map_err(|e| format!("saving the node identity: {e}"))?;
+        crate::secrets::crypto::DataKey::generate()
+            .and_then(|key| key.save(&self.state_dir))
+            .map_err(|e| format!("creating the data key: {e}"))?;
         let started = self.start(identity).await?;
         let manager = started.manager.clone().expect("init makes a manager");
         manager
@@ -516,6 +519,11 @@ impl ClusterNode {
         identity
             .save(&self.state_dir)
             .map_err(|e| format!("saving the node identity: {e}"))?;
+        super::transitions::save_data_key(
+            &self.state_dir,
+            accepted.role,
+            accepted.data_key.as_ref(),
+        )?;
         let started = self.start(identity).await?;
         // The leader just admitted this node: it is reachable.
         started.leader.acknowledged();

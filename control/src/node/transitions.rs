@@ -11,7 +11,26 @@ use crate::api::format_node_id;
 use crate::cluster::ca::new_node_key_and_csr;
 use crate::cluster::tls::NodeCredentials;
 use crate::rpc::messages::{Request, Response};
+use crate::secrets::crypto::DataKey;
 use crate::store::Role;
+
+/// Keeps the data key a manager was given (a worker is given none).
+pub(super) fn save_data_key(
+    state_dir: &std::path::Path,
+    role: Role,
+    key: Option<&crate::secrets::Blob>,
+) -> Result<(), String> {
+    let Some(key) = key.filter(|_| role == Role::Manager) else {
+        if role == Role::Manager {
+            tracing::warn!(
+                "the leader sent no data key: this manager cannot create or deliver secrets"
+            );
+        }
+        return Ok(());
+    };
+    let key = DataKey::from_bytes(&key.0).ok_or("the leader sent a malformed data key")?;
+    key.save(state_dir).map_err(|e| e.to_string())
+}
 
 impl ClusterNode {
     /// Acts on role changes for as long as the node runs: promoted or demoted, it takes a
@@ -48,6 +67,7 @@ impl ClusterNode {
             cert_pem,
             role,
             managers,
+            data_key,
         } = renewed
         else {
             return Err(format!("unexpected answer to a renewal: {renewed:?}"));
@@ -55,9 +75,14 @@ impl ClusterNode {
         let stopped = running.take().expect("checked above");
         stop(stopped).await;
         if role == Role::Worker {
-            // A demoted manager is no longer a voter: its Raft state must not come back.
+            // A demoted manager is no longer a voter: its Raft state must not come back, and
+            // it must not keep the key that decrypts the secrets in it.
             let _ = std::fs::remove_dir_all(self.state_dir.join("raft"));
+            if let Err(err) = DataKey::remove(&self.state_dir) {
+                tracing::warn!(error = %err, "forgetting the data key after a demotion");
+            }
         }
+        save_data_key(&self.state_dir, role, data_key.as_ref())?;
         let identity = Identity {
             membership: Membership {
                 role,

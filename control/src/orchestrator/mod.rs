@@ -158,6 +158,7 @@ impl Pass<'_> {
                     state_ms: self.now_ms,
                     attempt,
                     attachments: Vec::new(),
+                    health: None,
                 };
                 self.tasks.insert(task.id.clone(), task);
             }

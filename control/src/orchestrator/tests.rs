@@ -52,6 +52,9 @@ fn spec(name: &str, mode: ServiceMode) -> ServiceSpec {
         networks: vec![],
         ports: vec![],
         endpoint_mode: EndpointMode::Vip,
+        healthcheck: None,
+        secrets: vec![],
+        configs: vec![],
     }
 }
 
@@ -171,6 +174,7 @@ fn report(task: &TaskRecord, state: TaskState, exit: Option<ExitStatus>, at_ms: 
         error: None,
         exit,
         at_ms,
+        health: None,
     })
 }
 
@@ -462,6 +466,63 @@ fn reports_from_the_wrong_node_or_backwards_are_dropped() {
         .state
         .apply(Command::Tasks(vec![wrong_node, backwards]));
     assert_eq!(world.state, before);
+}
+
+#[test]
+fn health_reports_update_a_running_task_and_an_unhealthy_one_is_replaced() {
+    use crate::service::health::TaskHealth;
+    let mut world = World::new();
+    let web = world.create(spec("web", ServiceMode::Replicated { replicas: 1 }));
+    world.settle();
+    world.agents_run_all();
+    let task = world.running(&web)[0].clone();
+    let health = |world: &World| world.state.tasks[&task.id].health;
+    let with_health = |state: TaskState, health: TaskHealth, at_ms: u64| {
+        let mut op = report(&task, state, None, at_ms);
+        if let TaskOp::Report(r) = &mut op {
+            r.health = Some(health);
+        }
+        op
+    };
+    // Same state, new health: recorded, and the state's time is kept.
+    world.now += 100;
+    let op = with_health(TaskState::Running, TaskHealth::Healthy, world.now);
+    if let TaskOp::Report(r) = &op {
+        assert!(r.is_news(&world.state.tasks[&task.id]));
+    }
+    world.state.apply(Command::Tasks(vec![op]));
+    assert_eq!(health(&world), Some(TaskHealth::Healthy));
+    assert_eq!(world.state.tasks[&task.id].state_ms, task.state_ms);
+    // The same report again is no news; an older state with another health is dropped.
+    let again = with_health(TaskState::Running, TaskHealth::Healthy, world.now);
+    if let TaskOp::Report(r) = &again {
+        assert!(!r.is_news(&world.state.tasks[&task.id]));
+    }
+    let before = world.state.clone();
+    world.state.apply(Command::Tasks(vec![with_health(
+        TaskState::Starting,
+        TaskHealth::Unhealthy,
+        world.now,
+    )]));
+    assert_eq!(world.state, before);
+    // Unhealthy, then stopped for it: Failed, and the slot gets a new task.
+    world.state.apply(Command::Tasks(vec![with_health(
+        TaskState::Running,
+        TaskHealth::Unhealthy,
+        world.now,
+    )]));
+    assert_eq!(health(&world), Some(TaskHealth::Unhealthy));
+    let mut failed = with_health(TaskState::Failed, TaskHealth::Unhealthy, world.now);
+    if let TaskOp::Report(r) = &mut failed {
+        r.error = Some("health check failed: command exit code 1".into());
+    }
+    world.state.apply(Command::Tasks(vec![failed]));
+    assert_eq!(world.state.tasks[&task.id].state, TaskState::Failed);
+    world.settle();
+    let replacement = world.running(&web);
+    assert_eq!(replacement.len(), 1);
+    assert_ne!(replacement[0].id, task.id);
+    assert_eq!(replacement[0].health, None);
 }
 
 #[test]

@@ -149,6 +149,10 @@ pub struct Assignment {
     pub task: TaskRecord,
     /// Its service's spec; None once the service is removed (the task only has to stop).
     pub spec: Option<ServiceSpec>,
+    /// The plaintext of the secrets and configs its spec references (only for a task that is
+    /// to run on the node this goes to; over mTLS, never stored).
+    #[serde(default)]
+    pub secrets: Vec<crate::secrets::SecretData>,
 }
 
 /// What a joining node sends.
@@ -184,6 +188,9 @@ pub struct JoinAccepted {
     pub cert_pem: String,
     /// Every manager: ID and address.
     pub managers: Vec<(NodeId, String)>,
+    /// The data key secrets are encrypted with at rest (managers only).
+    #[serde(default)]
+    pub data_key: Option<crate::secrets::Blob>,
 }
 
 /// An answer on the cluster port.
@@ -209,6 +216,9 @@ pub enum Response {
         cert_pem: String,
         role: Role,
         managers: Vec<(NodeId, String)>,
+        /// The data key secrets are encrypted with at rest (managers only).
+        #[serde(default)]
+        data_key: Option<crate::secrets::Blob>,
     },
     /// The tasks assigned to the reporting node, and their networks.
     Assignments(Box<Assignments>),

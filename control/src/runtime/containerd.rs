@@ -46,7 +46,7 @@ pub use spec::{cgroups_path, exit_status, CPU_PERIOD_US};
 use self::conn::{error_chain, gone, Connection};
 use self::io::{Fifos, Readers};
 use self::spec::{hostname, merge_env, process_args, runtime_spec, SpecInput};
-use super::{ExitStatus, LogSender, Runtime, RuntimeError, Started, TaskSpec};
+use super::{ExecOutput, ExitStatus, LogSender, Runtime, RuntimeError, Started, TaskSpec};
 
 /// The environment variable that moves task cgroups under another parent; the lab sets it to
 /// its host's cgroup so the host's power cut and teardown reach the tasks too.
@@ -176,6 +176,7 @@ impl ContainerdRuntime {
             hostname: hostname(id),
             netns: spec.netns.clone(),
             resolv_conf: spec.resolv_conf.clone(),
+            files: spec.files.clone(),
             cgroups_path: self.cgroups_path(id),
             limits: spec.limits,
         });
@@ -571,5 +572,47 @@ impl Runtime for ContainerdRuntime {
         let fifos = self.fifos(task_id);
         let readers = fifos.exist().then(|| Readers::spawn(&fifos, task_id, logs));
         Ok(self.watch(task_id, readers))
+    }
+
+    /// Joins the container from its init's pid (see [`super::exec`]) rather than through
+    /// Tasks.Exec: no FIFOs or exec IDs to manage, the same behaviour as the process runtime,
+    /// and it works with any containerd whose shim runs on this host.
+    async fn exec(
+        &self,
+        task_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let request = self.conn.request(GetRequest {
+            container_id: task_id.to_string(),
+            exec_id: String::new(),
+        });
+        let process = match self.conn.client().tasks().get(request).await {
+            Ok(response) => response.into_inner().process,
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => {
+                return Err(self
+                    .conn
+                    .failed(&format!("looking up task {task_id}"), status))
+            }
+        };
+        let pid = process
+            .filter(|p| p.status == ProcessStatus::Running as i32 && p.pid != 0)
+            .map(|p| p.pid as i32)
+            .ok_or_else(|| RuntimeError::Failed(format!("task {task_id} is not running")))?;
+        let procs = self
+            .cgroup_dirs(task_id)
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|err| {
+                        RuntimeError::Failed(format!("exec: opening {}: {err}", path.display()))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        super::exec::run(pid, procs, argv, timeout).await
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod containerd;
+pub mod exec;
 pub mod image;
 pub mod netns;
 pub mod process;
@@ -41,6 +42,17 @@ pub struct TaskSpec {
     /// A file the task sees as /etc/resolv.conf (pointing at the embedded DNS server), or
     /// `None` to leave the image's own.
     pub resolv_conf: Option<PathBuf>,
+    /// Files bound read-only into the task (its secrets and configs).
+    pub files: Vec<FileMount>,
+}
+
+/// A host file the task sees, read-only, at an absolute path of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMount {
+    /// The file on the host (in the agent's per-task tmpfs).
+    pub source: PathBuf,
+    /// The absolute path inside the task.
+    pub target: String,
 }
 
 impl TaskSpec {
@@ -129,6 +141,15 @@ pub struct Started {
     pub exited: oneshot::Receiver<ExitStatus>,
 }
 
+/// How a command run inside a task ([`Runtime::exec`]) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// How it exited; None when it ran past its timeout and was killed.
+    pub exit: Option<ExitStatus>,
+    /// The end of what it wrote to stdout then stderr (at most [`exec::MAX_OUTPUT`] bytes).
+    pub output: String,
+}
+
 /// Why a runtime could not do what was asked. Messages say what to do.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
@@ -168,6 +189,15 @@ pub trait Runtime: Send + Sync {
     /// Watches a task started by an earlier meshd: resolves when it exits (at once if it has).
     /// Its output from now on goes to `logs`, where the runtime can still reach it.
     async fn adopt(&self, task_id: &str, logs: LogSender) -> Result<Started, RuntimeError>;
+
+    /// Runs `argv` inside a running task (its namespaces, root, working directory, cgroup and
+    /// environment), as a health check does; kills it once it has run for `timeout`.
+    async fn exec(
+        &self,
+        task_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError>;
 }
 
 #[cfg(test)]
@@ -187,6 +217,7 @@ mod tests {
             limits: Limits::default(),
             netns: PathBuf::from("/x"),
             resolv_conf: None,
+            files: Vec::new(),
         };
         assert_eq!(
             spec.environment(),

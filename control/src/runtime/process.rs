@@ -33,7 +33,7 @@ use async_trait::async_trait;
 
 use super::cgroup::{self, TaskCgroups};
 use super::image::{ImageConfig, ImageStore};
-use super::{ExitStatus, LogSender, Runtime, RuntimeError, Started, TaskSpec};
+use super::{ExecOutput, ExitStatus, LogSender, Runtime, RuntimeError, Started, TaskSpec};
 use launch::Launch;
 use watch::{read_exit, watch, ExitSource};
 
@@ -220,6 +220,7 @@ impl ProcessRuntime {
             netns: &spec.netns,
             cgroups: &cgroups,
             resolv_conf: spec.resolv_conf.as_deref(),
+            files: &spec.files,
         })
     }
 
@@ -378,6 +379,22 @@ impl Runtime for ProcessRuntime {
         };
         let exited = watch(task_id.to_string(), dir, logs, true, source);
         Ok(Started { exited })
+    }
+
+    async fn exec(
+        &self,
+        task_id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let dir = self.checked_dir(task_id)?;
+        let not_running = || RuntimeError::Failed(format!("task {task_id} is not running"));
+        let cgroups = self.task_cgroups(task_id).ok_or_else(not_running)?;
+        let pid = Self::live_pid(&dir, &cgroups).ok_or_else(not_running)?;
+        let procs = cgroups
+            .open_procs()
+            .map_err(|err| RuntimeError::Failed(format!("task {task_id}: {err}")))?;
+        super::exec::run(pid, procs, argv, timeout).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! Services and their tasks: the desired state operators write and the records the
 //! orchestrator, scheduler and agents keep up to date.
 
+pub mod health;
 pub mod spec;
 pub mod task;
 pub mod view;

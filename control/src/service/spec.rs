@@ -193,6 +193,15 @@ pub struct ServiceSpec {
     pub ports: Vec<PortConfig>,
     /// VIP or DNS round robin.
     pub endpoint_mode: EndpointMode,
+    /// The probe its agents run in every running task; None: running is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<super::health::HealthCheck>,
+    /// Secrets mounted under /run/secrets (`--secret`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::secrets::SecretRef>,
+    /// Configs mounted at their target paths (`--config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::secrets::SecretRef>,
 }
 
 impl ServiceSpec {
@@ -250,11 +259,46 @@ impl ServiceSpec {
             validate_name(network)
                 .map_err(|_| format!("--network {network:?} is not a network name"))?;
         }
+        if let Some(check) = &self.healthcheck {
+            check.validate()?;
+        }
+        self.validate_files()?;
         if let ServiceMode::Replicated { replicas } = self.mode {
             if replicas > 10_000 {
                 return Err(format!(
                     "--replicas {replicas} is more than the 10000 a service may have"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret (or config) references of this spec.
+    pub fn references(
+        &self,
+        kind: crate::secrets::Kind,
+    ) -> impl Iterator<Item = &crate::secrets::SecretRef> {
+        match kind {
+            crate::secrets::Kind::Secret => self.secrets.iter(),
+            crate::secrets::Kind::Config => self.configs.iter(),
+        }
+    }
+
+    /// Every `--secret` and `--config` is well formed, and no two land on one path.
+    fn validate_files(&self) -> Result<(), String> {
+        use crate::secrets::Kind;
+        let mut paths = std::collections::BTreeSet::new();
+        for kind in [Kind::Secret, Kind::Config] {
+            for reference in self.references(kind) {
+                reference.validate(kind)?;
+                let path = reference.path_in_task(kind);
+                if !paths.insert(path.clone()) {
+                    return Err(format!(
+                        "--{} {}: {path} is the target of another --secret or --config; give each its own target=",
+                        kind.as_str(),
+                        reference.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -360,6 +404,9 @@ pub(crate) mod tests {
             networks: vec![],
             ports: vec![],
             endpoint_mode: EndpointMode::Vip,
+            healthcheck: None,
+            secrets: vec![],
+            configs: vec![],
         }
     }
 

@@ -103,6 +103,9 @@ pub struct TaskRecord {
     /// Its address on each network of its service, once allocated.
     #[serde(default)]
     pub attachments: Vec<crate::network::Attachment>,
+    /// Its health while it runs, when its service has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::TaskHealth>,
 }
 
 impl TaskRecord {
@@ -146,6 +149,17 @@ pub struct TaskReport {
     /// When the leader recorded it (the dispatcher sets it; agents' clocks are not trusted).
     #[serde(default)]
     pub at_ms: u64,
+    /// Its health, when its service has a health check and it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::TaskHealth>,
+}
+
+impl TaskReport {
+    /// Whether it tells the store something new about `task`: a later state, or a new health
+    /// in the same state.
+    pub fn is_news(&self, task: &TaskRecord) -> bool {
+        self.state > task.state || (self.state == task.state && self.health != task.health)
+    }
 }
 
 #[cfg(test)]

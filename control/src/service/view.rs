@@ -108,6 +108,21 @@ pub struct TaskView {
     pub error: Option<String>,
     /// How it exited.
     pub exit: Option<ExitStatus>,
+    /// Its health, when its service has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::TaskHealth>,
+}
+
+impl TaskView {
+    /// Its state as `service ps` shows it: `Running (healthy)` when it has a health check.
+    pub fn state_text(&self) -> String {
+        match self.health {
+            Some(health) if self.state == TaskState::Running => {
+                format!("{} ({})", self.state.as_str(), health.as_str())
+            }
+            _ => self.state.as_str().to_string(),
+        }
+    }
 }
 
 impl TaskView {
@@ -134,6 +149,7 @@ impl TaskView {
             attempt: task.attempt,
             error: task.error.clone(),
             exit: task.exit,
+            health: task.health,
         }
     }
 }

@@ -213,6 +213,10 @@ pub enum Command {
     CreateNetwork(NetworkRecord),
     /// An overlay network was removed.
     RemoveNetwork { id: String },
+    /// A secret or config was created (ciphertext only).
+    CreateSecret(crate::secrets::SecretRecord),
+    /// A secret or config no service uses was removed.
+    RemoveSecret { id: String },
 }
 
 /// The outcome of applying a command.
@@ -240,6 +244,9 @@ pub struct ClusterState {
     /// Every overlay network, by ID.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// Every secret and config, by ID: metadata and ciphertext.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, crate::secrets::SecretRecord>,
 }
 
 impl ClusterState {
@@ -333,6 +340,9 @@ impl ClusterState {
                 if let Err(why) = service.spec.validate() {
                     return refused(why);
                 }
+                if let Err(why) = self.check_secret_refs(&service.spec) {
+                    return refused(why);
+                }
                 if self.services.contains_key(&service.id) {
                     return refused(format!("service ID {} is taken", service.id));
                 }
@@ -356,6 +366,9 @@ impl ClusterState {
             }
             Command::UpdateService { id, spec, at_ms } => {
                 if let Err(why) = spec.validate() {
+                    return refused(why);
+                }
+                if let Err(why) = self.check_secret_refs(&spec) {
                     return refused(why);
                 }
                 let Some(service) = self.services.get(&id) else {
@@ -411,8 +424,88 @@ impl ClusterState {
                 }
                 self.networks.remove(&id);
             }
+            Command::CreateSecret(record) => {
+                let kind = record.kind.as_str();
+                if let Err(why) = crate::secrets::validate_new(
+                    record.kind,
+                    &record.name,
+                    usize::try_from(record.size).unwrap_or(usize::MAX),
+                ) {
+                    return refused(why);
+                }
+                if record.sealed.0.len() != record.size as usize + crate::secrets::crypto::OVERHEAD
+                {
+                    return refused(format!("{kind} {} is not sealed", record.name));
+                }
+                if self.secret_named(record.kind, &record.name).is_some() {
+                    return refused(format!(
+                        "a {kind} named {} already exists; {kind}s are immutable: create one with another name (e.g. {}.v2), then move services to it with `meshctl service update --{kind}-rm {} --{kind}-add {}.v2`",
+                        record.name, record.name, record.name, record.name
+                    ));
+                }
+                if self.secrets.contains_key(&record.id) {
+                    return refused(format!("{kind} ID {} is taken", record.id));
+                }
+                self.secrets.insert(record.id.clone(), record);
+            }
+            Command::RemoveSecret { id } => {
+                let Some(record) = self.secrets.get(&id) else {
+                    return refused(format!("no secret or config with ID {id}"));
+                };
+                let users = self.services_using(record);
+                if !users.is_empty() {
+                    let kind = record.kind.as_str();
+                    return refused(format!(
+                        "{kind} {} is in use by service {}; remove the service, or move it to another {kind} with `meshctl service update --{kind}-rm {}`, first",
+                        record.name,
+                        users.join(", "),
+                        record.name
+                    ));
+                }
+                self.secrets.remove(&id);
+            }
         }
         CommandResult::Ok
+    }
+
+    /// The secret or config of this kind and name.
+    pub fn secret_named(
+        &self,
+        kind: crate::secrets::Kind,
+        name: &str,
+    ) -> Option<&crate::secrets::SecretRecord> {
+        self.secrets
+            .values()
+            .find(|s| s.kind == kind && s.name == name)
+    }
+
+    /// Names of the services whose spec references this secret or config.
+    pub fn services_using(&self, record: &crate::secrets::SecretRecord) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|s| s.spec.references(record.kind).any(|r| r.id == record.id))
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    /// Refuses a spec that references a secret or config the store does not hold.
+    pub fn check_secret_refs(&self, spec: &ServiceSpec) -> Result<(), String> {
+        for kind in [crate::secrets::Kind::Secret, crate::secrets::Kind::Config] {
+            for reference in spec.references(kind) {
+                let known = self
+                    .secrets
+                    .get(&reference.id)
+                    .is_some_and(|s| s.kind == kind && s.name == reference.name);
+                if !known {
+                    let kind = kind.as_str();
+                    return Err(format!(
+                        "--{kind} {}: no such {kind}; create it first with `meshctl {kind} create {} FILE`",
+                        reference.name, reference.name
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies one task change. Agents' reports race with the orchestrator, so a report about
@@ -430,7 +523,12 @@ impl ClusterState {
                 let Some(task) = self.tasks.get_mut(&report.task_id) else {
                     return;
                 };
-                if task.node_id != Some(report.node_id) || report.state <= task.state {
+                if task.node_id != Some(report.node_id) || !report.is_news(task) {
+                    return;
+                }
+                task.health = report.health;
+                if report.state == task.state {
+                    // Only its health changed.
                     return;
                 }
                 task.state = report.state;

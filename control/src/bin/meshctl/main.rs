@@ -6,6 +6,7 @@ mod diag_cmd;
 mod lab_cmd;
 mod network_cmd;
 mod output;
+mod secret_cmd;
 mod service_cmd;
 
 use std::path::PathBuf;
@@ -47,6 +48,12 @@ enum Command {
     /// Manage services and their tasks (on a manager).
     #[command(subcommand)]
     Service(service_cmd::ServiceCommand),
+    /// Manage secrets: encrypted at rest, mounted into tasks under /run/secrets (on a manager).
+    #[command(subcommand)]
+    Secret(secret_cmd::SecretCommand),
+    /// Manage configs: mounted into tasks at a path of their own (on a manager).
+    #[command(subcommand)]
+    Config(secret_cmd::SecretCommand),
     /// Find what the network between hosts drops: ports, firewall, MTU, overlay state.
     #[command(subcommand)]
     Diag(diag_cmd::DiagCommand),
@@ -75,6 +82,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(command) => cluster_cmd::node(&socket, command),
         Command::Service(command) => service_cmd::service(&socket, command),
         Command::Network(command) => network_cmd::network(&socket, command),
+        Command::Secret(command) => {
+            secret_cmd::run(&socket, control::secrets::Kind::Secret, command)
+        }
+        Command::Config(command) => {
+            secret_cmd::run(&socket, control::secrets::Kind::Config, command)
+        }
         Command::Diag(command) => diag_cmd::diag(&socket, command),
         Command::Info { format } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -212,6 +225,84 @@ mod tests {
         assert!(
             refused(&["meshctl", "lab", "link", "demo", "m1", "--mtu", "big"]).contains("--mtu")
         );
+    }
+
+    #[test]
+    fn secret_and_config_flags_parse_into_the_spec() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "create",
+            "--name",
+            "db",
+            "--secret",
+            "pw",
+            "--secret",
+            "source=tls,target=tls.key,uid=70,gid=70,mode=0440",
+            "--config",
+            "source=app,target=/etc/app.conf",
+            "mesh-test:latest",
+        ])
+        .unwrap();
+        let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
+            panic!("not a service create");
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(spec.secrets.len(), 2);
+        assert_eq!(spec.secrets[0].target, "pw");
+        assert_eq!(spec.secrets[0].mode, 0o400);
+        assert_eq!(
+            (
+                spec.secrets[1].uid,
+                spec.secrets[1].gid,
+                spec.secrets[1].mode
+            ),
+            (70, 70, 0o440)
+        );
+        assert_eq!(spec.configs[0].target, "/etc/app.conf");
+        assert_eq!(spec.configs[0].mode, 0o444);
+        for (flag, value, needle) in [
+            ("--secret", "source=pw,mode=9", "--secret"),
+            ("--secret", "source=pw,target=/etc/shadow", "target"),
+            ("--config", "source=app,target=app.conf", "--config"),
+        ] {
+            let cli = Cli::try_parse_from([
+                "meshctl", "service", "create", "--name", "db", flag, value, "img",
+            ])
+            .unwrap();
+            let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
+                panic!("not a service create");
+            };
+            let err = args.spec().unwrap_err().to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+        // Two files on one path.
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "create",
+            "--name",
+            "db",
+            "--secret",
+            "a",
+            "--secret",
+            "source=b,target=a",
+            "img",
+        ])
+        .unwrap();
+        let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
+            panic!("not a service create");
+        };
+        assert!(args.spec().unwrap_err().to_string().contains("target"));
+        let cli =
+            Cli::try_parse_from(["meshctl", "secret", "create", "-l", "a=b", "pw", "-"]).unwrap();
+        let Command::Secret(secret_cmd::SecretCommand::Create { name, file, labels }) = cli.command
+        else {
+            panic!("not a secret create");
+        };
+        assert_eq!((name.as_str(), file.as_str()), ("pw", "-"));
+        assert_eq!(labels, ["a=b"]);
+        assert!(refused(&["meshctl", "config", "rm"]).contains("NAMES"));
     }
 
     #[test]

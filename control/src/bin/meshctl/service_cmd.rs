@@ -10,6 +10,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use control::api::{ApiRequest, ApiResponse};
 use control::runtime::{Limits, Stream};
+use control::secrets::{Kind, SecretRef};
 use control::service::spec::{
     parse_bytes, parse_cpus, parse_duration_ms, EndpointMode, PortConfig, RestartCondition,
     RestartPolicy, ServiceMode, ServiceSpec,
@@ -119,6 +120,17 @@ pub struct CreateArgs {
     /// vip or dnsrr.
     #[arg(long, value_enum, default_value_t)]
     endpoint_mode: EndpointMode,
+    /// Health check flags.
+    #[command(flatten)]
+    health: control::service::health::HealthFlags,
+    /// Secret to mount under /run/secrets: NAME or source=NAME,target=T,uid=U,gid=G,mode=0400
+    /// (repeatable).
+    #[arg(long = "secret", value_name = "SPEC")]
+    secrets: Vec<String>,
+    /// Config to mount at a path: NAME or source=NAME,target=/etc/x.conf,mode=0444
+    /// (repeatable).
+    #[arg(long = "config", value_name = "SPEC")]
+    configs: Vec<String>,
     /// Image, e.g. mesh-test:latest.
     image: String,
     /// Command and arguments (default: the image's).
@@ -128,7 +140,7 @@ pub struct CreateArgs {
 
 impl CreateArgs {
     /// The spec these flags describe, or the first bad flag and its fix.
-    fn spec(self) -> anyhow::Result<ServiceSpec> {
+    pub(crate) fn spec(self) -> anyhow::Result<ServiceSpec> {
         let mode = match (self.mode.as_str(), self.replicas) {
             ("replicated", None) => ServiceMode::Replicated { replicas: 1 },
             ("replicated", Some(n)) if n >= 0 => ServiceMode::Replicated { replicas: n as u64 },
@@ -167,6 +179,14 @@ impl CreateArgs {
             .iter()
             .map(|p| PortConfig::parse(p).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let references = |kind: Kind, flags: &[String]| {
+            flags
+                .iter()
+                .map(|f| SecretRef::parse(kind, f).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let secrets = references(Kind::Secret, &self.secrets)?;
+        let configs = references(Kind::Config, &self.configs)?;
         let spec = ServiceSpec {
             name: self.name,
             image: self.image,
@@ -193,6 +213,9 @@ impl CreateArgs {
             networks: self.networks,
             ports,
             endpoint_mode: self.endpoint_mode,
+            healthcheck: self.health.healthcheck().map_err(anyhow::Error::msg)?,
+            secrets,
+            configs,
         };
         spec.validate().map_err(anyhow::Error::msg)?;
         Ok(spec)
@@ -256,7 +279,7 @@ pub fn service(socket: &Path, command: ServiceCommand) -> anyhow::Result<ExitCod
                         t.image.clone(),
                         t.node.clone(),
                         format!("{:?}", t.desired),
-                        format!("{} {} ago", t.state.as_str(), ago(now, t.state_ms)),
+                        format!("{} {} ago", t.state_text(), ago(now, t.state_ms)),
                         t.error.clone().unwrap_or_default(),
                     ]
                 },

@@ -119,6 +119,9 @@ pub struct SpecInput {
     pub limits: Limits,
     /// Bound read-only over /etc/resolv.conf when given.
     pub resolv_conf: Option<PathBuf>,
+    /// Files bound read-only at their targets (secrets and configs); runc creates a missing
+    /// target inside the rootfs.
+    pub files: Vec<crate::runtime::FileMount>,
 }
 
 /// The process's arguments: the image's entrypoint, then the task's command, or the image's
@@ -232,6 +235,17 @@ pub fn runtime_spec(input: &SpecInput) -> Value {
         let source = file.to_string_lossy();
         mounts.push(mount("/etc/resolv.conf", "bind", &source, &["rbind", "ro"]));
     }
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        for file in &input.files {
+            let source = file.source.to_string_lossy();
+            mounts.push(mount(
+                &file.target,
+                "bind",
+                &source,
+                &["rbind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+        }
+    }
     spec
 }
 
@@ -252,6 +266,7 @@ mod tests {
             hostname: hostname("0123456789abcdefghijklmno"),
             netns: PathBuf::from("/run/mesh/netns/t1"),
             resolv_conf: None,
+            files: Vec::new(),
             cgroups_path: cgroups_path("/mesh-lab/demo/w1/", "t1"),
             limits: Limits {
                 nano_cpus: 500_000_000,

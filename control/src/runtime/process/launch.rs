@@ -14,7 +14,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -22,6 +22,11 @@ use std::process::Stdio;
 
 use crate::runtime::cgroup::{self, TaskCgroups};
 use crate::runtime::{ExitStatus, RuntimeError};
+
+/// `open_tree` flag: clone the mount instead of opening it in place.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `move_mount` flag: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// What one task runs, and where.
 pub(super) struct Launch<'a> {
@@ -36,6 +41,22 @@ pub(super) struct Launch<'a> {
     pub cgroups: &'a TaskCgroups,
     /// Bound over /etc/resolv.conf when given.
     pub resolv_conf: Option<&'a Path>,
+    /// Files bound read-only into the task (secrets and configs; image tasks only).
+    pub files: &'a [crate::runtime::FileMount],
+}
+
+/// A file to bind into the task, prepared before fork: a detached bind mount of the source
+/// (`open_tree(OPEN_TREE_CLONE)`, close-on-exec), attached with `move_mount` after the task has
+/// entered its own root, so the target path is resolved inside the task's filesystem, never
+/// the host's. (A plain bind from meshd's namespace is refused once the task's namespace is
+/// its own: the kernel binds only mounts of the caller's namespace, or detached ones.)
+struct BoundFile {
+    /// The detached mount.
+    tree_fd: RawFd,
+    /// Directories to create first, outermost first.
+    parents: Vec<CString>,
+    /// The absolute path in the task.
+    target: CString,
 }
 
 /// The mounts of a task with an image rootfs.
@@ -61,6 +82,8 @@ struct Prepared {
     rootfs: Option<RootfsMounts>,
     /// The file to bind, and where /etc/resolv.conf is before the root changes.
     resolv_conf: Option<(CString, CString)>,
+    /// Secrets and configs, bound once the task is in its root.
+    files: Vec<BoundFile>,
     working_dir: CString,
     pid_file: CString,
     exit_tmp: CString,
@@ -119,6 +142,48 @@ pub(super) fn spawn(launch: &Launch) -> Result<tokio::process::Child, RuntimeErr
         }
         None => None,
     };
+    if launch.rootfs.is_none() && !launch.files.is_empty() {
+        return Err(RuntimeError::Failed(
+            "secrets and configs need an image: a task on the host's filesystem would see every other task's".into(),
+        ));
+    }
+    let mut sources = Vec::with_capacity(launch.files.len());
+    let mut files = Vec::with_capacity(launch.files.len());
+    for file in launch.files {
+        let path = c_path(&file.source)?;
+        // SAFETY: a valid NUL-terminated path; the returned descriptor is checked and owned.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(failed("cloning a mount of", &file.source)(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
+        let source = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+        let target = Path::new(&file.target);
+        let parents = target
+            .ancestors()
+            .skip(1)
+            .filter(|p| p.parent().is_some())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(c_path)
+            .collect::<Result<_, _>>()?;
+        files.push(BoundFile {
+            tree_fd: source.as_raw_fd(),
+            parents,
+            target: c_path(target)?,
+        });
+        sources.push(source);
+    }
     let prepared = Prepared {
         procs_fds: procs.iter().map(|f| f.as_raw_fd()).collect(),
         netns_fd: netns.as_raw_fd(),
@@ -135,6 +200,7 @@ pub(super) fn spawn(launch: &Launch) -> Result<tokio::process::Child, RuntimeErr
             .collect::<Result<_, _>>()?,
         rootfs,
         resolv_conf,
+        files,
         working_dir: CString::new(launch.working_dir)
             .map_err(|_| RuntimeError::Failed("the working directory contains a NUL".into()))?,
         pid_file: c_path(&dir.join("pid"))?,
@@ -161,7 +227,7 @@ pub(super) fn spawn(launch: &Launch) -> Result<tokio::process::Child, RuntimeErr
         command.pre_exec(move || pre_exec(&prepared));
     }
     let child = command.spawn();
-    drop((netns, procs));
+    drop((netns, procs, sources));
     child.map_err(|err| RuntimeError::Failed(format!("starting {program:?}: {err}")))
 }
 
@@ -328,6 +394,7 @@ fn task(p: &Prepared) -> io::Result<()> {
                 if libc::chdir(c"/".as_ptr()) != 0 {
                     return Err(fail(b"entering the rootfs"));
                 }
+                bind_files(p)?;
             }
             None => {
                 if mount(
@@ -374,6 +441,47 @@ fn bind_resolv_conf(p: &Prepared, create: bool) -> io::Result<()> {
         let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
         if mount(None, target, None, read_only, None) != 0 {
             return Err(fail(b"making /etc/resolv.conf read-only"));
+        }
+    }
+    Ok(())
+}
+
+/// Binds each secret and config read-only at its target, creating the target (and its
+/// directories) in the task's own root (the overlay's upper layer) when the image lacks them.
+fn bind_files(p: &Prepared) -> io::Result<()> {
+    for file in &p.files {
+        // SAFETY: NUL-terminated strings and a descriptor prepared before fork; mkdir, open,
+        // close, mount and the raw move_mount syscall are async-signal-safe. The task is already in its own root, so no path here reaches
+        // the host's filesystem.
+        unsafe {
+            for dir in &file.parents {
+                libc::mkdir(dir.as_ptr(), 0o755);
+            }
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            let fd = libc::open(file.target.as_ptr(), flags, 0o400);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let attached = libc::syscall(
+                libc::SYS_move_mount,
+                file.tree_fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                file.target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            );
+            if attached != 0 {
+                return Err(fail(b"binding a secret or config file"));
+            }
+            let read_only = libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC;
+            if mount(None, &file.target, None, read_only, None) != 0 {
+                return Err(fail(b"making a secret or config file read-only"));
+            }
         }
     }
     Ok(())
