@@ -4,6 +4,8 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod web;
+
 pub use lab::in_netns;
 use lab::{Lab, LabSpec, ScopedLab};
 
@@ -34,6 +36,44 @@ impl TestLab {
     /// The lab re-read from disk (after changes made through another handle).
     pub fn reopened(&self) -> Lab {
         Lab::open(self.lab.name()).expect("reopen lab")
+    }
+
+    /// Copies every host's meshd log to `/tmp/<lab>-logs/` before the lab goes down, so a
+    /// failure can be read against them.
+    pub fn keep_logs(&self) {
+        let dir = std::path::PathBuf::from(format!("/tmp/{}-logs", self.name()));
+        let _ = std::fs::create_dir_all(&dir);
+        for host in self.lab.hosts().iter().map(|h| h.name.clone()) {
+            if let Ok(files) = self.lab.files(&host) {
+                let _ = std::fs::copy(files.log(), dir.join(format!("{host}.log")));
+            }
+        }
+        eprintln!("meshd logs kept in {}", dir.display());
+    }
+
+    /// Every host's nonzero load-balancer counters whose name starts with `prefix` (`drop:`,
+    /// `forward:rst`, ...), as `diag lb` run on `from` reports them: for failure messages.
+    pub fn lb_counters(&self, from: &str, prefix: &str) -> String {
+        let out = self.meshctl_output(from, &["diag", "lb", "--format", "json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut found = Vec::new();
+        for host in report["hosts"].as_array().into_iter().flatten() {
+            // Counters are [name, packets] pairs.
+            for pair in host["result"]["Lb"]["counters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let (name, value) = (
+                    pair[0].as_str().unwrap_or(""),
+                    pair[1].as_u64().unwrap_or(0),
+                );
+                if name.starts_with(prefix) && value > 0 {
+                    found.push(format!("{}:{name}={value}", host["node"]));
+                }
+            }
+        }
+        found.join(" ")
     }
 
     /// One host's status, re-read from disk.

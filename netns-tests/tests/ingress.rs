@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab::LabSpec;
+use netns_tests::web::{get, Load, TIMEOUT};
 use netns_tests::{until_ok, TestLab};
 use serde_json::Value;
 
 const IMAGE: &str = "mesh-test:latest";
 const HOSTS: [&str; 5] = ["m1", "w1", "w2", "w3", "w4"];
-const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// busybox httpd: `/` is a static page, `/cgi-bin/ip` answers `<slot> <client address>`,
 /// `/cgi-bin/slow` answers `begin <slot>`, then `end` six seconds later.
@@ -96,32 +96,6 @@ fn wait_running(lab: &TestLab, service: &str, count: usize) -> BTreeMap<u64, Str
     .0
 }
 
-/// The body of `GET path` from `addr`, when the answer is a 200.
-fn get(addr: SocketAddrV4, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&addr.into(), TIMEOUT)
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: mesh\r\n\r\n")
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(|e| {
-        let local = stream
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        format!("read from {addr} (from {local}): {e}")
-    })?;
-    // CGI answers end their headers with a bare blank line.
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .or_else(|| answer.split_once("\n\n"))
-        .ok_or_else(|| format!("{addr}: no HTTP answer: {answer:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{addr}: {head}"));
-    }
-    Ok(body.trim().to_string())
-}
-
 /// Runs `f` in c1's network namespace.
 fn from_client<T: Send + 'static>(lab: &TestLab, f: impl FnOnce() -> T + Send + 'static) -> T {
     let netns = lab.lab().netns("c1").unwrap();
@@ -152,42 +126,6 @@ fn who_answers(
             })
             .collect()
     })
-}
-
-/// Constant load from c1: connection per request, round robin over `targets`, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    done: std::thread::JoinHandle<(u64, Vec<String>)>,
-}
-
-impl Load {
-    fn start(lab: &TestLab, targets: Vec<SocketAddrV4>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let netns = lab.lab().netns("c1").unwrap();
-        let done = std::thread::spawn(move || {
-            netns_tests::in_netns(&netns, move || {
-                let (mut served, mut failed) = (0u64, Vec::new());
-                for target in targets.iter().cycle() {
-                    if flag.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match get(*target, "/") {
-                        Ok(_) => served += 1,
-                        Err(e) => failed.push(format!("{} {e}", clock())),
-                    }
-                }
-                (served, failed)
-            })
-            .expect("enter c1")
-        });
-        Load { stop, done }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.done.join().expect("load thread")
-    }
 }
 
 fn every_host(lab: &TestLab, port: u16) -> Vec<SocketAddrV4> {
@@ -228,7 +166,7 @@ fn check_mesh(
 
 /// Scales `service` to 1 while c1 loads every host; no request may fail.
 fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
-    let load = Load::start(lab, every_host(lab, port));
+    let load = Load::start(lab, "c1", every_host(lab, port));
     std::thread::sleep(Duration::from_secs(1));
     ok(lab, &["service", "scale", &format!("{service}=1")]);
     until_ok(Duration::from_secs(30), || {
@@ -247,7 +185,7 @@ fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
     let (served, failed) = load.finish();
     assert!(served > 50, "the load ran ({served} requests)");
     if !failed.is_empty() {
-        keep_logs(lab);
+        lab.keep_logs();
     }
     assert!(
         failed.is_empty(),
@@ -255,62 +193,9 @@ fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
         failed.len(),
         served + failed.len() as u64,
         &failed[..failed.len().min(5)],
-        drops(lab)
+        lab.lb_counters("m1", "drop:")
     );
     eprintln!("scale-down under load: {served} requests, 0 failed");
-}
-
-/// UTC time of day with milliseconds, as meshd's log lines show it.
-fn clock() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let day_ms = ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
-}
-
-/// Copies every host's meshd log to `/tmp/<lab>-logs/` before the lab goes down, so a failure
-/// can be read against them.
-fn keep_logs(lab: &TestLab) {
-    let dir = std::path::PathBuf::from(format!("/tmp/{}-logs", lab.name()));
-    let _ = std::fs::create_dir_all(&dir);
-    for host in HOSTS {
-        if let Ok(files) = lab.lab().files(host) {
-            let _ = std::fs::copy(files.log(), dir.join(format!("{host}.log")));
-        }
-    }
-    eprintln!("meshd logs kept in {}", dir.display());
-}
-
-/// Every host's nonzero `drop:` counters, for failure messages.
-fn drops(lab: &TestLab) -> String {
-    let out = lab.meshctl_output("w3", &["diag", "lb", "--format", "json"]);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut found = Vec::new();
-    for host in report["hosts"].as_array().into_iter().flatten() {
-        // Counters are [name, packets] pairs.
-        for pair in host["result"]["Lb"]["counters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let (name, value) = (
-                pair[0].as_str().unwrap_or(""),
-                pair[1].as_u64().unwrap_or(0),
-            );
-            if name.starts_with("drop:") && value > 0 {
-                found.push(format!("{}:{name}={value}", host["node"]));
-            }
-        }
-    }
-    found.join(" ")
 }
 
 fn diag_lb(lab: &TestLab) -> Vec<Value> {
