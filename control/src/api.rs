@@ -46,6 +46,16 @@ pub enum ApiRequest {
     ServiceInspect { service: String },
     /// Change a replicated service's replica count.
     ServiceScale { service: String, replicas: u64 },
+    /// Replace a service's spec: `spec` is the spec of `version` as the caller read it, with
+    /// its changes; `resume` restarts a paused update.
+    ServiceUpdate {
+        service: String,
+        spec: Box<ServiceSpec>,
+        version: u64,
+        resume: bool,
+    },
+    /// Go back to a service's previous spec.
+    ServiceRollback { service: String },
     /// Remove a service; its tasks stop.
     ServiceRemove { service: String },
     /// Tasks of the given services (all services when empty), history included.

@@ -185,6 +185,13 @@ impl Manager {
             ApiRequest::ServiceScale { service, replicas } => {
                 self.scale_service(&service, replicas).await
             }
+            ApiRequest::ServiceUpdate {
+                service,
+                spec,
+                version,
+                resume,
+            } => self.update_service(&service, *spec, version, resume).await,
+            ApiRequest::ServiceRollback { service } => self.rollback_service(&service).await,
             ApiRequest::ServiceRemove { service } => self.remove_service(&service).await,
             ApiRequest::NetworkCreate(spec) => self.create_network(spec).await,
             ApiRequest::NetworkRemove { network } => self.remove_network(&network).await,

@@ -60,13 +60,27 @@ pub(super) async fn run(manager: Weak<Manager>) {
         if !manager.is_leader() || !manager.caught_up() {
             continue;
         }
-        let ops = manager.read(|state| reconcile(state, now_ms(), &mut random_id));
-        if !ops.is_empty() {
-            let count = ops.len();
-            if let Err(err) = manager.write(Command::Tasks(ops)).await {
+        let changes = manager.read(|state| reconcile(state, now_ms(), &mut random_id));
+        if !changes.tasks.is_empty() {
+            let count = changes.tasks.len();
+            if let Err(err) = manager.write(Command::Tasks(changes.tasks)).await {
                 tracing::debug!(error = %err, "committing an orchestrator pass");
             } else {
                 tracing::debug!(changes = count, "orchestrator pass committed");
+            }
+        }
+        for command in changes.services {
+            match &command {
+                Command::UpdateProgress { id, status, .. } => {
+                    tracing::info!(service = %id, state = ?status.state, message = %status.message, "service update moved on");
+                }
+                Command::RollbackService { id, reason, .. } => {
+                    tracing::info!(service = %id, %reason, "service update rolls back");
+                }
+                _ => {}
+            }
+            if let Err(err) = manager.write(command).await {
+                tracing::debug!(error = %err, "committing an update's progress");
             }
         }
         let known: std::collections::HashSet<String> =

@@ -242,23 +242,16 @@ mod tests {
         assert!(resolve_refs(&state, &mut web)
             .unwrap_err()
             .contains("meshctl secret create nope"));
-        let record_with = |spec: ServiceSpec| ServiceRecord {
-            id: "w1".into(),
-            spec,
-            version: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            vips: Vec::new(),
-        };
+        let record_with = |spec: ServiceSpec| ServiceRecord::new("w1".into(), spec, 0);
         assert!(matches!(
-            state.apply(Command::CreateService(record_with(web.clone()))),
+            state.apply(Command::CreateService(Box::new(record_with(web.clone())))),
             CommandResult::Refused(_)
         ));
         web.secrets = vec![reference("pw")];
         resolve_refs(&state, &mut web).unwrap();
         assert_eq!(web.secrets[0].id, "s1");
         assert_eq!(
-            state.apply(Command::CreateService(record_with(web.clone()))),
+            state.apply(Command::CreateService(Box::new(record_with(web.clone())))),
             CommandResult::Ok
         );
         let CommandResult::Refused(why) = state.apply(Command::RemoveSecret { id: "s1".into() })

@@ -37,14 +37,7 @@ impl Manager {
         }
         let now = now_ms();
         let id = random_id();
-        let mut record = ServiceRecord {
-            id: id.clone(),
-            spec,
-            version: 1,
-            created_ms: now,
-            updated_ms: now,
-            vips: Vec::new(),
-        };
+        let mut record = ServiceRecord::new(id.clone(), spec, now);
         // VIPs come from the state as read here; a create or a task placed meanwhile may take
         // the same address, and the store refuses the later write. Allocate again then.
         let mut attempts = 0;
@@ -53,7 +46,10 @@ impl Manager {
                 Ok(vips) => record.vips = vips,
                 Err(why) => return ApiResponse::Error(why),
             }
-            match self.apply(Command::CreateService(record.clone())).await {
+            match self
+                .apply(Command::CreateService(Box::new(record.clone())))
+                .await
+            {
                 Ok(()) => return super::api::done(id),
                 Err(ApiResponse::Error(why))
                     if why.contains(crate::store::ADDRESS_RACE) && attempts < 5 =>
@@ -62,6 +58,102 @@ impl Manager {
                 }
                 Err(answer) => return answer,
             }
+        }
+    }
+
+    /// `service update`: `spec` replaces the spec of the service at `version` (what the CLI
+    /// read and changed); a service changed since is refused, so no change is lost. Checked
+    /// like a create; VIPs follow the networks.
+    pub(super) async fn update_service(
+        &self,
+        key: &str,
+        mut spec: ServiceSpec,
+        version: u64,
+        resume: bool,
+    ) -> ApiResponse {
+        let found = self.read(|state| find_service(state, key).cloned());
+        let service = match found {
+            Ok(service) => service,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        if service.version != version {
+            return ApiResponse::Error(format!(
+                "service {} changed while this update was prepared (version {version}, now {}); run the command again",
+                service.spec.name, service.version
+            ));
+        }
+        if spec.name != service.spec.name {
+            return ApiResponse::Error(format!(
+                "a service cannot be renamed ({} to {}); create a new one",
+                service.spec.name, spec.name
+            ));
+        }
+        if let (ServiceMode::Global, ServiceMode::Replicated { .. })
+        | (ServiceMode::Replicated { .. }, ServiceMode::Global) = (service.spec.mode, spec.mode)
+        {
+            return ApiResponse::Error(format!(
+                "service {} cannot change between replicated and global; create a new one",
+                spec.name
+            ));
+        }
+        if let Err(why) = spec.validate() {
+            return ApiResponse::Error(why);
+        }
+        if let Err(answer) = self.attach_ingress_network(&mut spec).await {
+            return answer;
+        }
+        let checked = self.read(|state| {
+            super::secrets::resolve_refs(state, &mut spec)?;
+            check_image(state, &spec.image)?;
+            check_networks(state, &spec)?;
+            assign_ports(state, Some(&service.id), &mut spec)
+        });
+        if let Err(why) = checked {
+            return ApiResponse::Error(why);
+        }
+        let mut attempts = 0;
+        loop {
+            let mut next = service.clone();
+            next.spec = spec.clone();
+            let vips = match self.read(|state| allocate_vips(state, &next)) {
+                Ok(vips) => vips,
+                Err(why) => return ApiResponse::Error(why),
+            };
+            let command = Command::UpdateService {
+                id: service.id.clone(),
+                spec: Box::new(spec.clone()),
+                at_ms: now_ms(),
+                resume,
+                vips: (vips != service.vips).then_some(vips),
+            };
+            match self.apply(command).await {
+                Ok(()) => return super::api::done(service.spec.name.clone()),
+                Err(ApiResponse::Error(why))
+                    if why.contains(crate::store::ADDRESS_RACE) && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(answer) => return answer,
+            }
+        }
+    }
+
+    /// `service rollback`: back to the previous spec, replacing tasks by the rollback policy.
+    pub(super) async fn rollback_service(&self, key: &str) -> ApiResponse {
+        let found = self.read(|state| find_service(state, key).cloned());
+        let service = match found {
+            Ok(service) => service,
+            Err(why) => return ApiResponse::Error(why),
+        };
+        let command = Command::RollbackService {
+            id: service.id.clone(),
+            version: service.version,
+            at_ms: now_ms(),
+            reason: "manually requested rollback".into(),
+        };
+        match self.apply(command).await {
+            Ok(()) => super::api::done(service.spec.name),
+            Err(answer) => answer,
         }
     }
 
@@ -110,8 +202,10 @@ impl Manager {
         spec.mode = ServiceMode::Replicated { replicas };
         let command = Command::UpdateService {
             id: service.id.clone(),
-            spec,
+            spec: Box::new(spec),
             at_ms: now_ms(),
+            resume: false,
+            vips: None,
         };
         match self.apply(command).await {
             Ok(()) => super::api::done(format!("{} scaled to {replicas}", service.spec.name)),

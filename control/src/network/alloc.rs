@@ -370,17 +370,14 @@ mod tests {
             },
         )
         .unwrap();
-        let mut service = ServiceRecord {
-            id: "s1".into(),
-            spec: crate::service::spec::ServiceSpec {
+        let mut service = ServiceRecord::new(
+            "s1".into(),
+            crate::service::spec::ServiceSpec {
                 networks: vec!["a".into()],
                 ..crate::service::spec::tests::spec("web")
             },
-            version: 1,
-            created_ms: 0,
-            updated_ms: 0,
-            vips: Vec::new(),
-        };
+            0,
+        );
         let vips = allocate_vips(&s, &service).unwrap();
         assert_eq!(vips.len(), 1);
         assert_eq!(vips[0].ip, Ipv4Addr::new(10, 1, 0, 2));

@@ -8,13 +8,15 @@
 
 mod assign;
 mod attach;
+mod update;
 
 use std::collections::BTreeMap;
 
 use crate::scheduler::constraint::Constraint;
 use crate::service::spec::{RestartCondition, ServiceMode};
+use crate::service::update::UpdateOrder;
 use crate::service::{DesiredState, ServiceRecord, TaskOp, TaskRecord, TaskState};
-use crate::store::{Availability, ClusterState, NodeId, NodeRecord, NodeStatus};
+use crate::store::{Availability, ClusterState, Command, NodeId, NodeRecord, NodeStatus};
 
 /// Finished tasks kept per slot for `service ps`.
 pub const HISTORY_PER_SLOT: usize = 5;
@@ -33,18 +35,31 @@ fn slot_key(service: &ServiceRecord, task: &TaskRecord) -> SlotKey {
     }
 }
 
-/// The changes one pass wants, as task operations for a single Raft entry (empty when the
-/// store already matches).
-pub fn reconcile(
-    state: &ClusterState,
-    now_ms: u64,
-    new_id: &mut dyn FnMut() -> String,
-) -> Vec<TaskOp> {
+/// What one pass wants changed (both empty when the store already matches).
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Task operations, for a single Raft entry.
+    pub tasks: Vec<TaskOp>,
+    /// Updates that moved on (progress, pause, completion, automatic rollback), one entry
+    /// each, applied after the tasks.
+    pub services: Vec<Command>,
+}
+
+impl Changes {
+    /// Whether the store already matches.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.services.is_empty()
+    }
+}
+
+/// The changes one pass wants.
+pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Changes {
     let mut pass = Pass {
         state,
         now_ms,
         tasks: state.tasks.clone(),
         new_id,
+        services: Vec::new(),
     };
     for service in state.services.values() {
         pass.service(service);
@@ -53,7 +68,10 @@ pub fn reconcile(
     pass.prune();
     attach::attach(state, &mut pass.tasks);
     assign::assign(state, &mut pass.tasks, now_ms);
-    diff(&state.tasks, &pass.tasks)
+    Changes {
+        tasks: diff(&state.tasks, &pass.tasks),
+        services: pass.services,
+    }
 }
 
 struct Pass<'a> {
@@ -61,6 +79,8 @@ struct Pass<'a> {
     now_ms: u64,
     tasks: BTreeMap<String, TaskRecord>,
     new_id: &'a mut dyn FnMut() -> String,
+    /// Service-level decisions of this pass (updates moving on).
+    services: Vec<Command>,
 }
 
 /// Why a task can no longer run where it is, if it cannot.
@@ -104,10 +124,14 @@ impl Pass<'_> {
                 self.retire(&id, None);
             }
         }
-        let keys: Vec<(SlotKey, Option<NodeId>)> = match service.spec.mode {
-            ServiceMode::Replicated { replicas } => (1..=replicas)
-                .map(|s| (SlotKey::Replica(s), None))
-                .collect(),
+        self.roll(service);
+        let stop_first = service
+            .update_status
+            .as_ref()
+            .is_some_and(|s| s.state.in_progress())
+            && update::config(service).order == UpdateOrder::StopFirst;
+        let keys: Vec<SlotKey> = match service.spec.mode {
+            ServiceMode::Replicated { replicas } => (1..=replicas).map(SlotKey::Replica).collect(),
             ServiceMode::Global => self
                 .state
                 .nodes
@@ -118,10 +142,10 @@ impl Pass<'_> {
                         && satisfies(n, &constraints)
                         && n.description.images.contains(&service.spec.image)
                 })
-                .map(|n| (SlotKey::Node(n.id), Some(n.id)))
+                .map(|n| SlotKey::Node(n.id))
                 .collect(),
         };
-        for (key, node) in keys {
+        for key in keys {
             let mut history: Vec<&TaskRecord> = self
                 .tasks
                 .values()
@@ -130,39 +154,51 @@ impl Pass<'_> {
             if history.iter().any(|t| t.desired == DesiredState::Running) {
                 continue;
             }
+            // Stop-first: the slot's new task waits until the one the update stopped is gone.
+            let stopping = history
+                .iter()
+                .any(|t| !t.state.is_terminal() && node_problem(self.state, t.node_id).is_none());
+            if stop_first && stopping {
+                continue;
+            }
             history.sort_by_key(|t| (t.created_ms, t.id.clone()));
             let attempt = match history.last() {
                 None => Some(0),
                 Some(last) => self.restart_attempt(service, last),
             };
             if let Some(attempt) = attempt {
-                let slot = match key {
-                    SlotKey::Replica(slot) => slot,
-                    SlotKey::Node(_) => 0,
-                };
-                let task = TaskRecord {
-                    id: (self.new_id)(),
-                    service_id: service.id.clone(),
-                    service_version: service.version,
-                    slot,
-                    node_id: node,
-                    desired: DesiredState::Running,
-                    state: if node.is_some() {
-                        TaskState::Assigned
-                    } else {
-                        TaskState::Pending
-                    },
-                    error: None,
-                    exit: None,
-                    created_ms: self.now_ms,
-                    state_ms: self.now_ms,
-                    attempt,
-                    attachments: Vec::new(),
-                    health: None,
-                };
-                self.tasks.insert(task.id.clone(), task);
+                self.add_task(service, key, attempt);
             }
         }
+    }
+
+    /// A new task of `service`'s current spec in slot `key`.
+    fn add_task(&mut self, service: &ServiceRecord, key: SlotKey, attempt: u64) {
+        let (slot, node) = match key {
+            SlotKey::Replica(slot) => (slot, None),
+            SlotKey::Node(node) => (0, Some(node)),
+        };
+        let task = TaskRecord {
+            id: (self.new_id)(),
+            service_id: service.id.clone(),
+            service_version: service.spec_version,
+            slot,
+            node_id: node,
+            desired: DesiredState::Running,
+            state: if node.is_some() {
+                TaskState::Assigned
+            } else {
+                TaskState::Pending
+            },
+            error: None,
+            exit: None,
+            created_ms: self.now_ms,
+            state_ms: self.now_ms,
+            attempt,
+            attachments: Vec::new(),
+            health: None,
+        };
+        self.tasks.insert(task.id.clone(), task);
     }
 
     /// Whether the slot whose latest task is `last` gets a new task now, and its attempt.
@@ -290,3 +326,5 @@ fn diff(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;

@@ -33,7 +33,7 @@ fn node(id: NodeId, name: &str, role: Role) -> NodeRecord {
     }
 }
 
-fn spec(name: &str, mode: ServiceMode) -> ServiceSpec {
+pub(super) fn spec(name: &str, mode: ServiceMode) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         image: IMAGE.into(),
@@ -55,18 +55,21 @@ fn spec(name: &str, mode: ServiceMode) -> ServiceSpec {
         healthcheck: None,
         secrets: vec![],
         configs: vec![],
+        update_config: Default::default(),
+        rollback_config: Default::default(),
+        force_update: 0,
     }
 }
 
 /// A cluster of 3 drained managers (1-3) and 3 workers (4-6), and a clock.
-struct World {
-    state: ClusterState,
-    now: u64,
+pub(super) struct World {
+    pub(super) state: ClusterState,
+    pub(super) now: u64,
     next_id: u64,
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut state = ClusterState::default();
         for (id, name, role) in [
             (1, "m1", Role::Manager),
@@ -85,37 +88,39 @@ impl World {
         }
     }
 
-    fn create(&mut self, spec: ServiceSpec) -> String {
+    pub(super) fn create(&mut self, spec: ServiceSpec) -> String {
         let id = format!("svc-{}", spec.name);
-        let result = self.state.apply(Command::CreateService(ServiceRecord {
-            id: id.clone(),
-            spec,
-            version: 1,
-            created_ms: self.now,
-            updated_ms: self.now,
-            vips: Vec::new(),
-        }));
+        let result = self
+            .state
+            .apply(Command::CreateService(Box::new(ServiceRecord::new(
+                id.clone(),
+                spec,
+                self.now,
+            ))));
         assert_eq!(result, crate::store::CommandResult::Ok);
         id
     }
 
     /// One orchestrator pass, committed; returns how many operations it made.
-    fn pass(&mut self) -> usize {
+    pub(super) fn pass(&mut self) -> usize {
         let next = &mut self.next_id;
         let mut new_id = || {
             *next += 1;
             format!("task{:03}", *next)
         };
-        let ops = reconcile(&self.state, self.now, &mut new_id);
-        let count = ops.len();
-        if count > 0 {
-            self.state.apply(Command::Tasks(ops));
+        let changes = reconcile(&self.state, self.now, &mut new_id);
+        let count = changes.tasks.len() + changes.services.len();
+        if !changes.tasks.is_empty() {
+            self.state.apply(Command::Tasks(changes.tasks));
+        }
+        for command in changes.services {
+            assert_eq!(self.state.apply(command), crate::store::CommandResult::Ok);
         }
         count
     }
 
     /// Passes until nothing changes; a pass that never settles is a bug.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         for _ in 0..10 {
             if self.pass() == 0 {
                 return;
@@ -125,7 +130,7 @@ impl World {
     }
 
     /// The agents run every assigned task.
-    fn agents_run_all(&mut self) {
+    pub(super) fn agents_run_all(&mut self) {
         let reports: Vec<TaskOp> = self
             .state
             .tasks
@@ -136,7 +141,7 @@ impl World {
         self.state.apply(Command::Tasks(reports));
     }
 
-    fn running(&self, service: &str) -> Vec<&TaskRecord> {
+    pub(super) fn running(&self, service: &str) -> Vec<&TaskRecord> {
         self.state
             .tasks
             .values()
@@ -166,7 +171,12 @@ impl World {
     }
 }
 
-fn report(task: &TaskRecord, state: TaskState, exit: Option<ExitStatus>, at_ms: u64) -> TaskOp {
+pub(super) fn report(
+    task: &TaskRecord,
+    state: TaskState,
+    exit: Option<ExitStatus>,
+    at_ms: u64,
+) -> TaskOp {
     TaskOp::Report(TaskReport {
         task_id: task.id.clone(),
         node_id: task.node_id.expect("assigned"),
@@ -381,8 +391,10 @@ fn scaling_down_stops_the_highest_slots_and_removing_stops_all() {
     spec2.mode = ServiceMode::Replicated { replicas: 2 };
     world.state.apply(Command::UpdateService {
         id: web.clone(),
-        spec: spec2,
+        spec: Box::new(spec2),
         at_ms: world.now,
+        resume: false,
+        vips: None,
     });
     world.settle();
     let mut slots: Vec<u64> = world.running(&web).iter().map(|t| t.slot).collect();
@@ -615,8 +627,10 @@ fn tasks_get_distinct_addresses_and_wait_when_the_subnet_is_full() {
     smaller.mode = ServiceMode::Replicated { replicas: 5 };
     world.state.apply(Command::UpdateService {
         id: web.clone(),
-        spec: smaller,
+        spec: Box::new(smaller),
         at_ms: world.now,
+        resume: false,
+        vips: None,
     });
     world.settle();
     let stopped: Vec<TaskOp> = world

@@ -239,6 +239,45 @@ impl HealthFlags {
     }
 }
 
+impl HealthFlags {
+    /// The check after `service update` with these flags: unchanged without flags, replaced
+    /// when a probe (or `--no-healthcheck`) is given, and the current check with the given
+    /// options changed otherwise.
+    pub fn updated(&self, current: Option<&HealthCheck>) -> Result<Option<HealthCheck>, String> {
+        if *self == HealthFlags::default() {
+            return Ok(current.cloned());
+        }
+        let probe = self.no_healthcheck
+            || self.health_cmd.is_some()
+            || self.health_tcp.is_some()
+            || self.health_http.is_some();
+        // A new probe, or options with no check to apply them to (`healthcheck` says so).
+        let (false, Some(check)) = (probe, current) else {
+            return self.healthcheck();
+        };
+        let mut check = check.clone();
+        let duration = |flag: &str, value: &Option<String>, old: u64| {
+            value.as_deref().map_or(Ok(old), |v| {
+                parse_duration_ms(v).map_err(|e| format!("{flag}: {e}"))
+            })
+        };
+        check.interval_ms = duration(
+            "--health-interval",
+            &self.health_interval,
+            check.interval_ms,
+        )?;
+        check.timeout_ms = duration("--health-timeout", &self.health_timeout, check.timeout_ms)?;
+        check.retries = self.health_retries.unwrap_or(check.retries);
+        check.start_period_ms = duration(
+            "--health-start-period",
+            &self.health_start_period,
+            check.start_period_ms,
+        )?;
+        check.validate()?;
+        Ok(Some(check))
+    }
+}
+
 fn parse_port(flag: &str, text: &str) -> Result<u16, String> {
     text.parse::<u16>()
         .ok()

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod spec;
 pub mod task;
+pub mod update;
 pub mod view;
 
 use serde::{Deserialize, Serialize};
@@ -28,4 +29,35 @@ pub struct ServiceRecord {
     /// it, and the load balancer spreads connections to it over the healthy tasks.
     #[serde(default)]
     pub vips: Vec<crate::network::Attachment>,
+    /// The `version` at which what the tasks run last changed: tasks record the one they were
+    /// created with, and an update replaces those that differ.
+    #[serde(default)]
+    pub spec_version: u64,
+    /// The spec before the last change (`service rollback` returns to it), and its
+    /// `spec_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    #[serde(default)]
+    pub previous_spec_version: u64,
+    /// The update in progress or last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<update::UpdateStatus>,
+}
+
+impl ServiceRecord {
+    /// A new service (version 1) created at `at_ms`, without VIPs yet.
+    pub fn new(id: String, spec: ServiceSpec, at_ms: u64) -> Self {
+        ServiceRecord {
+            id,
+            spec,
+            version: 1,
+            created_ms: at_ms,
+            updated_ms: at_ms,
+            vips: Vec::new(),
+            spec_version: 1,
+            previous_spec: None,
+            previous_spec_version: 0,
+            update_status: None,
+        }
+    }
 }

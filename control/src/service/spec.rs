@@ -202,6 +202,15 @@ pub struct ServiceSpec {
     /// Configs mounted at their target paths (`--config`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<crate::secrets::SecretRef>,
+    /// How tasks are replaced when what they run changes (`--update-*`).
+    #[serde(default)]
+    pub update_config: super::update::UpdateConfig,
+    /// How they are put back when an update is rolled back (`--rollback-*`).
+    #[serde(default)]
+    pub rollback_config: super::update::UpdateConfig,
+    /// Bumped by `service update --force`: the tasks are replaced though nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 impl ServiceSpec {
@@ -263,6 +272,14 @@ impl ServiceSpec {
             check.validate()?;
         }
         self.validate_files()?;
+        self.update_config.validate("update")?;
+        self.rollback_config.validate("rollback")?;
+        if self.rollback_config.failure_action == super::update::FailureAction::Rollback {
+            return Err(
+                "--rollback-failure-action rollback: a rollback cannot roll back; use pause or continue"
+                    .into(),
+            );
+        }
         if let ServiceMode::Replicated { replicas } = self.mode {
             if replicas > 10_000 {
                 return Err(format!(
@@ -271,6 +288,23 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// Whether tasks of `self` and of `other` run the same thing, so an update from one to the
+    /// other replaces no task. Replicas, name, labels, ports, endpoint mode and the update
+    /// policies are the service's, not its tasks': changing them replaces nothing.
+    pub fn same_tasks(&self, other: &ServiceSpec) -> bool {
+        let task_part = |spec: &ServiceSpec| {
+            let mut spec = spec.clone();
+            spec.mode = ServiceMode::Global;
+            spec.labels.clear();
+            spec.ports.clear();
+            spec.endpoint_mode = EndpointMode::Vip;
+            spec.update_config = super::update::UpdateConfig::default();
+            spec.rollback_config = super::update::UpdateConfig::default();
+            spec
+        };
+        task_part(self) == task_part(other)
     }
 
     /// The secret (or config) references of this spec.
@@ -407,6 +441,9 @@ pub(crate) mod tests {
             healthcheck: None,
             secrets: vec![],
             configs: vec![],
+            update_config: Default::default(),
+            rollback_config: Default::default(),
+            force_update: 0,
         }
     }
 

@@ -79,7 +79,7 @@ pub struct TaskRecord {
     pub id: String,
     /// Its service's ID.
     pub service_id: String,
-    /// The spec version it runs.
+    /// The service's `spec_version` it was created with (what it runs).
     pub service_version: u64,
     /// 1.. for replicated services; 0 for global ones (whose slot is their node).
     pub slot: u64,

@@ -35,6 +35,15 @@ pub struct ServiceView {
     /// Its virtual IP on each network, as `network-name=ip`.
     #[serde(default)]
     pub virtual_ips: Vec<String>,
+    /// The version of what its tasks run (tasks show theirs as `spec_version`).
+    #[serde(default)]
+    pub spec_version: u64,
+    /// The spec `service rollback` returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    /// The update in progress or last finished, and why it is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<super::update::UpdateStatus>,
 }
 
 impl ServiceView {
@@ -75,6 +84,9 @@ impl ServiceView {
                     format!("{network}={}", vip.ip)
                 })
                 .collect(),
+            spec_version: service.spec_version,
+            previous_spec: service.previous_spec.clone(),
+            update_status: service.update_status.clone(),
         }
     }
 }
@@ -111,6 +123,9 @@ pub struct TaskView {
     /// Its health, when its service has a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<super::health::TaskHealth>,
+    /// The service's spec version it runs.
+    #[serde(default)]
+    pub spec_version: u64,
 }
 
 impl TaskView {
@@ -150,6 +165,7 @@ impl TaskView {
             error: task.error.clone(),
             exit: task.exit,
             health: task.health,
+            spec_version: task.service_version,
         }
     }
 }

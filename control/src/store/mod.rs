@@ -198,12 +198,33 @@ pub enum Command {
         description: NodeDescription,
     },
     /// A service was created.
-    CreateService(ServiceRecord),
-    /// A service's spec changed (scale, update).
+    CreateService(Box<ServiceRecord>),
+    /// A service's spec changed (scale, update). When what its tasks run changed, an update
+    /// starts; `resume` restarts a paused one with an unchanged spec.
     UpdateService {
         id: String,
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         at_ms: u64,
+        #[serde(default)]
+        resume: bool,
+        /// Its VIPs, when its networks changed.
+        #[serde(default)]
+        vips: Option<Vec<crate::network::Attachment>>,
+    },
+    /// A service goes back to its previous spec, asked by an operator or by its update's
+    /// failure action (`reason`). `version` is the service version the decision was made on:
+    /// a service changed since is left alone.
+    RollbackService {
+        id: String,
+        version: u64,
+        at_ms: u64,
+        reason: String,
+    },
+    /// An update moved on (the orchestrator's decision on service `version`).
+    UpdateProgress {
+        id: String,
+        version: u64,
+        status: crate::service::update::UpdateStatus,
     },
     /// A service was removed; its tasks are told to shut down.
     RemoveService { id: String },
@@ -362,9 +383,17 @@ impl ClusterState {
                         ));
                     }
                 }
+                let mut service = *service;
+                service.spec_version = service.version;
                 self.services.insert(service.id.clone(), service);
             }
-            Command::UpdateService { id, spec, at_ms } => {
+            Command::UpdateService {
+                id,
+                spec,
+                at_ms,
+                resume,
+                vips,
+            } => {
                 if let Err(why) = spec.validate() {
                     return refused(why);
                 }
@@ -377,10 +406,57 @@ impl ClusterState {
                 if spec.name != service.spec.name {
                     return refused("a service cannot be renamed; create a new one".into());
                 }
+                if let Some(vips) = &vips {
+                    for vip in vips.iter().filter(|v| !service.vips.contains(v)) {
+                        let used = crate::network::alloc::addresses_in_use(self, &vip.network_id);
+                        if used.contains(&vip.ip) {
+                            return refused(format!(
+                                "VIP {} {ADDRESS_RACE}; update the service again",
+                                vip.ip
+                            ));
+                        }
+                    }
+                }
                 let service = self.services.get_mut(&id).expect("checked above");
-                service.spec = spec;
-                service.version += 1;
-                service.updated_ms = at_ms;
+                if let Some(vips) = vips {
+                    service.vips = vips;
+                }
+                crate::service::update::change_spec(service, *spec, at_ms, resume);
+            }
+            Command::RollbackService {
+                id,
+                version,
+                at_ms,
+                reason,
+            } => {
+                let Some(service) = self.services.get_mut(&id) else {
+                    return refused(format!("no service with ID {id}"));
+                };
+                if service.version != version {
+                    return refused(format!(
+                        "service {} changed since the rollback was asked for; ask again",
+                        service.spec.name
+                    ));
+                }
+                if let Err(why) = crate::service::update::roll_back(service, at_ms, reason) {
+                    return refused(why);
+                }
+            }
+            Command::UpdateProgress {
+                id,
+                version,
+                status,
+            } => {
+                let Some(service) = self.services.get_mut(&id) else {
+                    return refused(format!("no service with ID {id}"));
+                };
+                if service.version != version {
+                    return refused(format!(
+                        "service {} changed since this update step was decided",
+                        service.spec.name
+                    ));
+                }
+                service.update_status = Some(status);
             }
             Command::RemoveService { id } => {
                 if self.services.remove(&id).is_none() {

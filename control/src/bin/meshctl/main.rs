@@ -8,6 +8,7 @@ mod network_cmd;
 mod output;
 mod secret_cmd;
 mod service_cmd;
+mod update_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -44,6 +44,16 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Change a service: its tasks are replaced by its update policy, and the progress shown.
+    Update(Box<crate::update_cmd::UpdateArgs>),
+    /// Go back to a service's previous spec.
+    Rollback {
+        /// Service (name, ID or ID prefix).
+        service: String,
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
+    },
     /// Set the replica count of replicated services: SERVICE=REPLICAS ...
     Scale {
         /// SERVICE=REPLICAS pairs.
@@ -131,6 +141,9 @@ pub struct CreateArgs {
     /// (repeatable).
     #[arg(long = "config", value_name = "SPEC")]
     configs: Vec<String>,
+    /// Update and rollback policies.
+    #[command(flatten)]
+    policy: crate::update_cmd::PolicyArgs,
     /// Image, e.g. mesh-test:latest.
     image: String,
     /// Command and arguments (default: the image's).
@@ -216,7 +229,12 @@ impl CreateArgs {
             healthcheck: self.health.healthcheck().map_err(anyhow::Error::msg)?,
             secrets,
             configs,
+            update_config: Default::default(),
+            rollback_config: Default::default(),
+            force_update: 0,
         };
+        let mut spec = spec;
+        self.policy.apply(&mut spec)?;
         spec.validate().map_err(anyhow::Error::msg)?;
         Ok(spec)
     }
@@ -328,6 +346,10 @@ pub fn service(socket: &Path, command: ServiceCommand) -> anyhow::Result<ExitCod
             }
         }
         ServiceCommand::Logs { service, follow } => logs(socket, service, follow)?,
+        ServiceCommand::Update(args) => return crate::update_cmd::update(socket, &args),
+        ServiceCommand::Rollback { service, detach } => {
+            return crate::update_cmd::rollback(socket, &service, detach)
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
