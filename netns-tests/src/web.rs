@@ -3,11 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::TestLab;
 
 /// How long a request may take to connect, and then to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
@@ -38,19 +36,22 @@ pub fn get(addr: SocketAddrV4, path: &str) -> Result<String, String> {
     Ok(body.trim().to_string())
 }
 
-/// Constant load from the lab's host `client`: connection per request, round robin over
-/// `targets`, until finished.
+/// Constant load from a lab host: connection per request, round robin over `targets`, until
+/// finished.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
     done: std::thread::JoinHandle<(u64, Vec<String>)>,
 }
 
 impl Load {
-    /// Starts the load from `client`.
-    pub fn start(lab: &TestLab, client: &str, targets: Vec<SocketAddrV4>) -> Load {
+    /// Starts the load from the named network namespace (a lab host's).
+    pub fn start(netns: &str, targets: Vec<SocketAddrV4>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let netns = lab.lab().netns(client).unwrap();
+        let served = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&served);
+        let netns = netns.to_string();
         let done = std::thread::spawn(move || {
             crate::in_netns(&netns, move || {
                 let (mut served, mut failed) = (0u64, Vec::new());
@@ -59,7 +60,10 @@ impl Load {
                         break;
                     }
                     match get(*target, "/") {
-                        Ok(_) => served += 1,
+                        Ok(_) => {
+                            served += 1;
+                            count.store(served, Ordering::Relaxed);
+                        }
                         Err(e) => failed.push(format!("{} {e}", clock())),
                     }
                 }
@@ -67,7 +71,12 @@ impl Load {
             })
             .expect("enter the client's namespace")
         });
-        Load { stop, done }
+        Load { stop, served, done }
+    }
+
+    /// Requests served so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Stops the load: requests served, and each failure with its time.

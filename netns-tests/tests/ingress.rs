@@ -166,7 +166,7 @@ fn check_mesh(
 
 /// Scales `service` to 1 while c1 loads every host; no request may fail.
 fn scale_down_under_load(lab: &TestLab, service: &str, port: u16) {
-    let load = Load::start(lab, "c1", every_host(lab, port));
+    let load = Load::start(&lab.lab().netns("c1").unwrap(), every_host(lab, port));
     std::thread::sleep(Duration::from_secs(1));
     ok(lab, &["service", "scale", &format!("{service}=1")]);
     until_ok(Duration::from_secs(30), || {

@@ -310,6 +310,49 @@ fn scenario(tag: &str, containerd: bool) {
     let in_use = lab.meshctl("m1", &["config", "rm", "appconf"]).unwrap_err();
     assert!(in_use.contains("in use by service app"), "{in_use}");
 
+    // Rotation: a new secret replaces the old one at the same path, through a rolling update;
+    // the old one is then free to go.
+    let rotated = format!("{plaintext}-2");
+    lab.sh(
+        "m1",
+        &[
+            "sh",
+            "-c",
+            "printf %s \"$2\" | \"$1\" secret create pw2 -",
+            "sh",
+            &meshctl_path(),
+            &rotated,
+        ],
+    );
+    ok(
+        &lab,
+        &[
+            "service",
+            "update",
+            "--secret-rm",
+            "pw",
+            "--secret-add",
+            "source=pw2,target=db_pw,mode=0400",
+            "--update-monitor",
+            "1s",
+            "app",
+        ],
+    );
+    until_ok(Duration::from_secs(30), || {
+        let logs = ok(&lab, &["service", "logs", "app"]);
+        logs.contains(&format!("sha {}", sha256(&rotated)))
+            .then_some(())
+            .ok_or(logs)
+    })
+    .unwrap_or_else(|e| panic!("the rotated secret never reached the task: {e}"));
+    ok(&lab, &["secret", "rm", "pw"]);
+    let task_id = tasks(&lab, "app")
+        .iter()
+        .find(|t| t["desired"] == "running")
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_string();
+
     // Once the service and its task are gone, so is the tmpfs, and the secret can go.
     ok(&lab, &["service", "rm", "app"]);
     until_ok(Duration::from_secs(30), || {
@@ -328,7 +371,7 @@ fn scenario(tag: &str, containerd: bool) {
         let hits = files_containing(&host_dir(&lab, host), &plaintext, false);
         assert!(hits.is_empty(), "{host}: plain text in {hits:?}");
     }
-    ok(&lab, &["secret", "rm", "pw"]);
+    ok(&lab, &["secret", "rm", "pw2"]);
     ok(&lab, &["config", "rm", "appconf"]);
     let listed: Vec<Value> =
         serde_json::from_str(&ok(&lab, &["secret", "ls", "--format", "json"])).unwrap();

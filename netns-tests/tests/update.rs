@@ -121,7 +121,7 @@ fn a_start_first_rolling_update_under_load_fails_no_request() {
         .unwrap_or_else(|e| panic!("{target} never answered: {e}"));
     }
 
-    let load = Load::start(&lab, "c1", targets.clone());
+    let load = Load::start(&lab.lab().netns("c1").unwrap(), targets.clone());
     std::thread::sleep(Duration::from_secs(1));
     let out = meshctl(
         &lab,
