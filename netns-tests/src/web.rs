@@ -7,6 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A web task's command (`sh -c`): busybox httpd answering `/` with `$VERSION slot <slot>`.
+/// The shell stays PID 1 with a TERM trap, so a stop is quick (PID 1 ignores the signals it
+/// has no handler for, and would wait out the stop grace period).
+pub const QUICK_STOP_WEB: &str = r#"mkdir -p /www
+echo "$VERSION slot $MESH_TASK_SLOT" > /www/index.html
+trap 'exit 0' TERM
+httpd -f -p 80 -h /www &
+wait"#;
+
 /// How long a request may take to connect, and then to answer.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -9,20 +9,12 @@ use std::process::Output;
 use std::time::Duration;
 
 use lab::LabSpec;
-use netns_tests::web::{get, Load};
+use netns_tests::web::{get, Load, QUICK_STOP_WEB as WEB};
 use netns_tests::{until_ok, TestLab};
 use serde_json::Value;
 
 const IMAGE: &str = "mesh-test:latest";
 const HOSTS: [&str; 3] = ["m1", "w1", "w2"];
-
-/// busybox httpd answering `/` with `$VERSION slot <slot>`. The shell stays PID 1 with a TERM
-/// trap, so a stop is quick (PID 1 ignores signals it has no handler for).
-const WEB: &str = r#"mkdir -p /www
-echo "$VERSION slot $MESH_TASK_SLOT" > /www/index.html
-trap 'exit 0' TERM
-httpd -f -p 80 -h /www &
-wait"#;
 
 fn ok(lab: &TestLab, args: &[&str]) -> String {
     lab.meshctl_ok("m1", args)

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use control::runtime::process::ProcessRuntime;
 use control::runtime::{netns, Limits, Runtime, TaskSpec};
 use lab::{Lab, MESHCTL};
-use netns_tests::web::{get, Load};
+use netns_tests::web::{get, Load, QUICK_STOP_WEB as WEB};
 use serde_json::Value;
 
 use crate::ctx::{Ctx, Outcome};
@@ -25,14 +25,6 @@ const DETECTION: &str = "managers mark the host down";
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 const ROLLING: &str = "Mesh (start-first, 2 at a time)";
-
-/// busybox httpd; the shell stays PID 1 with a TERM trap, so a task stops at once (PID 1
-/// ignores signals it has no handler for).
-const WEB: &str = r#"mkdir -p /www
-echo "slot $MESH_TASK_SLOT" > /www/index.html
-trap 'exit 0' TERM
-httpd -f -p 80 -h /www &
-wait"#;
 
 /// Rolling updates of a published service under constant load from c1: the failed requests,
 /// recorded; returns the requests served and the updates made.

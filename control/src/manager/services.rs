@@ -19,21 +19,27 @@ pub const INGRESS_NETWORK: &str = "ingress";
 pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 impl Manager {
-    pub(super) async fn create_service(&self, mut spec: ServiceSpec) -> ApiResponse {
-        if let Err(why) = spec.validate() {
-            return ApiResponse::Error(why);
-        }
-        if let Err(answer) = self.attach_ingress_network(&mut spec).await {
-            return answer;
-        }
-        let checked = self.read(|state| {
-            super::secrets::resolve_refs(state, &mut spec)?;
+    /// Checks a spec for service `this` (None: a new one) against the cluster, and completes
+    /// it: the ingress network, secret IDs, assigned ports.
+    async fn complete_spec(
+        &self,
+        spec: &mut ServiceSpec,
+        this: Option<&str>,
+    ) -> Result<(), ApiResponse> {
+        spec.validate().map_err(ApiResponse::Error)?;
+        self.attach_ingress_network(spec).await?;
+        self.read(|state| {
+            super::secrets::resolve_refs(state, spec)?;
             check_image(state, &spec.image)?;
-            check_networks(state, &spec)?;
-            assign_ports(state, None, &mut spec)
-        });
-        if let Err(why) = checked {
-            return ApiResponse::Error(why);
+            check_networks(state, spec)?;
+            assign_ports(state, this, spec)
+        })
+        .map_err(ApiResponse::Error)
+    }
+
+    pub(super) async fn create_service(&self, mut spec: ServiceSpec) -> ApiResponse {
+        if let Err(answer) = self.complete_spec(&mut spec, None).await {
+            return answer;
         }
         let now = now_ms();
         let id = random_id();
@@ -96,20 +102,8 @@ impl Manager {
                 spec.name
             ));
         }
-        if let Err(why) = spec.validate() {
-            return ApiResponse::Error(why);
-        }
-        if let Err(answer) = self.attach_ingress_network(&mut spec).await {
+        if let Err(answer) = self.complete_spec(&mut spec, Some(&service.id)).await {
             return answer;
-        }
-        let checked = self.read(|state| {
-            super::secrets::resolve_refs(state, &mut spec)?;
-            check_image(state, &spec.image)?;
-            check_networks(state, &spec)?;
-            assign_ports(state, Some(&service.id), &mut spec)
-        });
-        if let Err(why) = checked {
-            return ApiResponse::Error(why);
         }
         let mut attempts = 0;
         loop {

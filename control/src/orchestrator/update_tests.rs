@@ -61,6 +61,15 @@ impl World {
         self.state.apply(Command::Tasks(reports));
     }
 
+    /// The first stop-first batch: the old task stops, and its replacement fails.
+    fn fail_first_batch(&mut self, id: &str) {
+        self.settle();
+        self.agents_stop_all();
+        self.settle();
+        self.agents_fail_new(id);
+        self.settle();
+    }
+
     fn state_of(&self, id: &str) -> Option<UpdateState> {
         self.state.services[id]
             .update_status
@@ -242,11 +251,7 @@ fn a_failing_update_pauses_with_the_task_and_its_error() {
         policy(UpdateOrder::StopFirst, 1, FailureAction::Pause),
     );
     world.update(&id, |s| s.command = vec!["false".into()]);
-    world.settle();
-    world.agents_stop_all();
-    world.settle();
-    world.agents_fail_new(&id);
-    world.settle();
+    world.fail_first_batch(&id);
     assert_eq!(world.state_of(&id), Some(UpdateState::Paused));
     let message = world.message(&id);
     assert!(
@@ -273,11 +278,7 @@ fn a_paused_update_resumes_with_an_unchanged_spec() {
         policy(UpdateOrder::StopFirst, 1, FailureAction::Pause),
     );
     world.update(&id, |s| s.force_update += 1);
-    world.settle();
-    world.agents_stop_all();
-    world.settle();
-    world.agents_fail_new(&id);
-    world.settle();
+    world.fail_first_batch(&id);
     assert_eq!(world.state_of(&id), Some(UpdateState::Paused));
     world.now += 1;
     let spec = world.state.services[&id].spec.clone();
@@ -306,11 +307,7 @@ fn a_failing_update_rolls_back_on_its_own_and_says_why() {
     let good = world.state.services[&id].spec.clone();
     let good_version = world.state.services[&id].spec_version;
     world.update(&id, |s| s.command = vec!["false".into()]);
-    world.settle();
-    world.agents_stop_all();
-    world.settle();
-    world.agents_fail_new(&id);
-    world.settle();
+    world.fail_first_batch(&id);
     assert_eq!(world.state_of(&id), Some(UpdateState::RollbackStarted));
     let service = &world.state.services[&id];
     assert_eq!(service.spec, good);
