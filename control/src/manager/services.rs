@@ -48,6 +48,9 @@ impl Manager {
         // the same address, and the store refuses the later write. Allocate again then.
         let mut attempts = 0;
         loop {
+            // From scratch each time: allocate_vips keeps the addresses a record holds, and
+            // the one refused must not be chosen again.
+            record.vips.clear();
             match self.read(|state| allocate_vips(state, &record)) {
                 Ok(vips) => record.vips = vips,
                 Err(why) => return ApiResponse::Error(why),

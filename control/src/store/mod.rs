@@ -429,7 +429,7 @@ impl ClusterState {
                 at_ms,
                 reason,
             } => {
-                let Some(service) = self.services.get_mut(&id) else {
+                let Some(service) = self.services.get(&id) else {
                     return refused(format!("no service with ID {id}"));
                 };
                 if service.version != version {
@@ -438,6 +438,13 @@ impl ClusterState {
                         service.spec.name
                     ));
                 }
+                // The previous spec may name a secret removed since (after a rotation).
+                if let Some(previous) = &service.previous_spec {
+                    if let Err(why) = self.check_secret_refs(previous) {
+                        return refused(format!("cannot roll back: {why}"));
+                    }
+                }
+                let service = self.services.get_mut(&id).expect("checked above");
                 if let Err(why) = crate::service::update::roll_back(service, at_ms, reason) {
                     return refused(why);
                 }
