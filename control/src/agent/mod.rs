@@ -39,9 +39,12 @@ const VIEW_REFRESH: Duration = Duration::from_secs(5);
 /// How long a stopped task has between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a running task on a network drains before it is sent SIGTERM: it is out of every
-/// load balancer's table for new flows (gossip spreads that in milliseconds) while the flows
-/// it has finish.
-pub const DRAIN_PERIOD: Duration = Duration::from_secs(2);
+/// load balancer's table for new flows while the flows it has finish. Gossip's push spreads
+/// the change in milliseconds, but a host the push missed learns it from its next
+/// anti-entropy exchange, at most 3.75 s later with the default tuning (3 s, jittered up to
+/// 1.25×); a shorter drain let such a host send new flows to a task that had already exited
+/// (3 refused connections in one rolling update in CI, right after a host restart).
+pub const DRAIN_PERIOD: Duration = Duration::from_secs(5);
 
 /// What the agent knows of one of its tasks.
 #[derive(Clone, Debug)]
