@@ -471,6 +471,18 @@ fn udp_and_host_mode(tag: &str, lb_mode: Option<&str>) {
             }
             Ok::<_, String>(answers)
         })
+        // A task reported running may not be in every host's table yet: wait until a round
+        // reaches every task (40 new flows all missing one of two tasks: 2^-40 by chance).
+        .and_then(|answers| {
+            let names: BTreeSet<&str> = answers
+                .iter()
+                .map(|a| a.split(' ').next().unwrap())
+                .collect();
+            if names.len() < slots.len() {
+                return Err(format!("only {names:?} answered: {answers:?}"));
+            }
+            Ok(answers)
+        })
     })
     .unwrap_or_else(|e| panic!("UDP through the mesh: {e}"))
     .0;
