@@ -256,7 +256,15 @@ impl Manager {
     /// Commits a command through Raft (leader only) and returns its result.
     pub async fn write(&self, command: Command) -> Result<CommandResult, String> {
         if self.quorum_lost() {
-            return Err(self.quorum_error().await);
+            // Fail fast only when a probe confirms it: the ack age lags a voter that has just
+            // joined (it has acknowledged nothing yet), and a join right after another was
+            // refused with "2 of 2 managers reachable". Otherwise Raft decides, within the
+            // write timeout.
+            let managers = self.voters().len();
+            let reachable = self.probe_voters().await.len();
+            if reachable < crate::cluster::quorum::quorum(managers) {
+                return Err(quorum_lost_message(managers, reachable));
+            }
         }
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
