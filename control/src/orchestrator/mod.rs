@@ -45,13 +45,6 @@ pub struct Changes {
     pub services: Vec<Command>,
 }
 
-impl Changes {
-    /// Whether the store already matches.
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.services.is_empty()
-    }
-}
-
 /// The changes one pass wants.
 pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut() -> String) -> Changes {
     let mut pass = Pass {

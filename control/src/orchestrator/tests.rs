@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::runtime::{ExitStatus, Limits};
-use crate::service::spec::{EndpointMode, RestartPolicy, ServiceSpec};
+use crate::service::spec::{RestartPolicy, ServiceSpec};
 use crate::service::TaskReport;
 use crate::store::{Command, NodeDescription, Role};
 
@@ -35,29 +35,12 @@ fn node(id: NodeId, name: &str, role: Role) -> NodeRecord {
 
 pub(super) fn spec(name: &str, mode: ServiceMode) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
-        image: IMAGE.into(),
-        command: vec![],
         mode,
-        constraints: vec![],
-        spread_over: vec![],
-        reservation: Limits::default(),
-        limits: Limits::default(),
-        env: vec![],
-        labels: BTreeMap::new(),
         restart: RestartPolicy {
             delay_ms: 0,
             ..Default::default()
         },
-        networks: vec![],
-        ports: vec![],
-        endpoint_mode: EndpointMode::Vip,
-        healthcheck: None,
-        secrets: vec![],
-        configs: vec![],
-        update_config: Default::default(),
-        rollback_config: Default::default(),
-        force_update: 0,
+        ..crate::service::spec::tests::spec(name)
     }
 }
 

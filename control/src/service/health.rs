@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::parse_duration_ms;
+use super::spec::duration_flag;
 
 /// Docker's default probe interval.
 pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
@@ -218,24 +218,29 @@ impl HealthFlags {
                 ))
             }
         };
-        let duration = |flag: &str, value: &Option<String>, default: u64| {
-            value.as_deref().map_or(Ok(default), |v| {
-                parse_duration_ms(v).map_err(|e| format!("{flag}: {e}"))
-            })
-        };
-        let check = HealthCheck {
-            test,
-            interval_ms: duration(
-                "--health-interval",
-                &self.health_interval,
-                DEFAULT_INTERVAL_MS,
-            )?,
-            timeout_ms: duration("--health-timeout", &self.health_timeout, DEFAULT_TIMEOUT_MS)?,
-            retries: self.health_retries.unwrap_or(DEFAULT_RETRIES),
-            start_period_ms: duration("--health-start-period", &self.health_start_period, 0)?,
-        };
+        self.with_options(HealthCheck::new(test)).map(Some)
+    }
+
+    /// `check` with the interval, timeout, retries and start period these flags give, checked.
+    fn with_options(&self, mut check: HealthCheck) -> Result<HealthCheck, String> {
+        check.interval_ms = duration_flag(
+            "--health-interval",
+            self.health_interval.as_deref(),
+            check.interval_ms,
+        )?;
+        check.timeout_ms = duration_flag(
+            "--health-timeout",
+            self.health_timeout.as_deref(),
+            check.timeout_ms,
+        )?;
+        check.retries = self.health_retries.unwrap_or(check.retries);
+        check.start_period_ms = duration_flag(
+            "--health-start-period",
+            self.health_start_period.as_deref(),
+            check.start_period_ms,
+        )?;
         check.validate()?;
-        Ok(Some(check))
+        Ok(check)
     }
 }
 
@@ -255,26 +260,7 @@ impl HealthFlags {
         let (false, Some(check)) = (probe, current) else {
             return self.healthcheck();
         };
-        let mut check = check.clone();
-        let duration = |flag: &str, value: &Option<String>, old: u64| {
-            value.as_deref().map_or(Ok(old), |v| {
-                parse_duration_ms(v).map_err(|e| format!("{flag}: {e}"))
-            })
-        };
-        check.interval_ms = duration(
-            "--health-interval",
-            &self.health_interval,
-            check.interval_ms,
-        )?;
-        check.timeout_ms = duration("--health-timeout", &self.health_timeout, check.timeout_ms)?;
-        check.retries = self.health_retries.unwrap_or(check.retries);
-        check.start_period_ms = duration(
-            "--health-start-period",
-            &self.health_start_period,
-            check.start_period_ms,
-        )?;
-        check.validate()?;
-        Ok(Some(check))
+        self.with_options(check.clone()).map(Some)
     }
 }
 

@@ -396,6 +396,13 @@ pub fn parse_cpus(text: &str) -> Result<u64, String> {
     Ok((cpus * 1e9).round() as u64)
 }
 
+/// An optional duration flag: `default` when absent, else parsed, the error naming `flag`.
+pub fn duration_flag(flag: &str, value: Option<&str>, default: u64) -> Result<u64, String> {
+    value.map_or(Ok(default), |v| {
+        parse_duration_ms(v).map_err(|e| format!("{flag}: {e}"))
+    })
+}
+
 /// Parses a duration like `500ms`, `5s`, `1m` or plain seconds.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let text = text.trim();

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{parse_duration_ms, ServiceSpec};
+use super::spec::{duration_flag, ServiceSpec};
 use super::ServiceRecord;
 
 /// Which task of a slot goes first.
@@ -226,9 +226,7 @@ impl PolicyFlags {
     /// `base` with these flags applied; `prefix` is `update` or `rollback`, for messages.
     pub fn apply(&self, base: UpdateConfig, prefix: &str) -> Result<UpdateConfig, String> {
         let duration = |flag: &str, value: &Option<String>, old: u64| {
-            value.as_deref().map_or(Ok(old), |v| {
-                parse_duration_ms(v).map_err(|e| format!("--{prefix}-{flag}: {e}"))
-            })
+            duration_flag(&format!("--{prefix}-{flag}"), value.as_deref(), old)
         };
         let config = UpdateConfig {
             parallelism: self.parallelism.unwrap_or(base.parallelism),
@@ -246,11 +244,6 @@ impl PolicyFlags {
         }
         config.validate(prefix)?;
         Ok(config)
-    }
-
-    /// Whether any flag was given.
-    pub fn is_empty(&self) -> bool {
-        *self == PolicyFlags::default()
     }
 }
 
@@ -272,8 +265,6 @@ mod tests {
         assert_eq!(config.order, UpdateOrder::StartFirst);
         assert_eq!(config.failure_action, FailureAction::Pause);
         assert_eq!(config.monitor_ms, 5000);
-        assert!(PolicyFlags::default().is_empty());
-        assert!(!flags.is_empty());
     }
 
     #[test]

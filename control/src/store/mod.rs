@@ -374,14 +374,8 @@ impl ClusterState {
                     ));
                 }
                 // Two creates racing for one address: the later one is refused here.
-                for vip in &service.vips {
-                    let used = crate::network::alloc::addresses_in_use(self, &vip.network_id);
-                    if used.contains(&vip.ip) {
-                        return refused(format!(
-                            "VIP {} {ADDRESS_RACE}; create the service again",
-                            vip.ip
-                        ));
-                    }
+                if let Some(ip) = self.taken_vip(&service.vips) {
+                    return refused(format!("VIP {ip} {ADDRESS_RACE}; create the service again"));
                 }
                 let mut service = *service;
                 service.spec_version = service.version;
@@ -407,14 +401,15 @@ impl ClusterState {
                     return refused("a service cannot be renamed; create a new one".into());
                 }
                 if let Some(vips) = &vips {
-                    for vip in vips.iter().filter(|v| !service.vips.contains(v)) {
-                        let used = crate::network::alloc::addresses_in_use(self, &vip.network_id);
-                        if used.contains(&vip.ip) {
-                            return refused(format!(
-                                "VIP {} {ADDRESS_RACE}; update the service again",
-                                vip.ip
-                            ));
-                        }
+                    let added: Vec<_> = vips
+                        .iter()
+                        .filter(|v| !service.vips.contains(v))
+                        .cloned()
+                        .collect();
+                    if let Some(ip) = self.taken_vip(&added) {
+                        return refused(format!(
+                            "VIP {ip} {ADDRESS_RACE}; update the service again"
+                        ));
                     }
                 }
                 let service = self.services.get_mut(&id).expect("checked above");
@@ -569,6 +564,15 @@ impl ClusterState {
             .filter(|s| s.spec.references(record.kind).any(|r| r.id == record.id))
             .map(|s| s.spec.name.clone())
             .collect()
+    }
+
+    /// The first of `vips` whose address is already in use on its network.
+    fn taken_vip(&self, vips: &[crate::network::Attachment]) -> Option<std::net::Ipv4Addr> {
+        vips.iter()
+            .find(|vip| {
+                crate::network::alloc::addresses_in_use(self, &vip.network_id).contains(&vip.ip)
+            })
+            .map(|vip| vip.ip)
     }
 
     /// Refuses a spec that references a secret or config the store does not hold.

@@ -228,12 +228,20 @@ mod tests {
         );
     }
 
+    /// The spec `meshctl service create ARGS...` builds.
+    fn create_spec(args: &[&str]) -> anyhow::Result<control::service::ServiceSpec> {
+        let argv = ["meshctl", "service", "create"].iter().chain(args);
+        let Command::Service(service_cmd::ServiceCommand::Create(create)) =
+            Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("not a service create");
+        };
+        create.spec()
+    }
+
     #[test]
     fn secret_and_config_flags_parse_into_the_spec() {
-        let cli = Cli::try_parse_from([
-            "meshctl",
-            "service",
-            "create",
+        let spec = create_spec(&[
             "--name",
             "db",
             "--secret",
@@ -245,10 +253,6 @@ mod tests {
             "mesh-test:latest",
         ])
         .unwrap();
-        let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
-            panic!("not a service create");
-        };
-        let spec = args.spec().unwrap();
         assert_eq!(spec.secrets.len(), 2);
         assert_eq!(spec.secrets[0].target, "pw");
         assert_eq!(spec.secrets[0].mode, 0o400);
@@ -267,21 +271,13 @@ mod tests {
             ("--secret", "source=pw,target=/etc/shadow", "target"),
             ("--config", "source=app,target=app.conf", "--config"),
         ] {
-            let cli = Cli::try_parse_from([
-                "meshctl", "service", "create", "--name", "db", flag, value, "img",
-            ])
-            .unwrap();
-            let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
-                panic!("not a service create");
-            };
-            let err = args.spec().unwrap_err().to_string();
+            let err = create_spec(&["--name", "db", flag, value, "img"])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{value}: {err}");
         }
         // Two files on one path.
-        let cli = Cli::try_parse_from([
-            "meshctl",
-            "service",
-            "create",
+        let err = create_spec(&[
             "--name",
             "db",
             "--secret",
@@ -290,11 +286,8 @@ mod tests {
             "source=b,target=a",
             "img",
         ])
-        .unwrap();
-        let Command::Service(service_cmd::ServiceCommand::Create(args)) = cli.command else {
-            panic!("not a service create");
-        };
-        assert!(args.spec().unwrap_err().to_string().contains("target"));
+        .unwrap_err();
+        assert!(err.to_string().contains("target"));
         let cli =
             Cli::try_parse_from(["meshctl", "secret", "create", "-l", "a=b", "pw", "-"]).unwrap();
         let Command::Secret(secret_cmd::SecretCommand::Create { name, file, labels }) = cli.command

@@ -447,7 +447,7 @@ pub fn update(socket: &Path, args: &UpdateArgs) -> anyhow::Result<ExitCode> {
         if spec != view.spec {
             bail!("--rollback goes back to the previous spec; give it without other changes");
         }
-        return rollback(socket, &args.service, args.detach);
+        return roll_back(socket, &view, args.detach);
     }
     let resume = view
         .update_status
@@ -475,7 +475,11 @@ pub fn update(socket: &Path, args: &UpdateArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `meshctl service rollback`.
 pub fn rollback(socket: &Path, service: &str, detach: bool) -> anyhow::Result<ExitCode> {
-    let view = inspect(socket, service)?;
+    roll_back(socket, &inspect(socket, service)?, detach)
+}
+
+/// Rolls back the service `view` shows, and follows unless `detach`.
+fn roll_back(socket: &Path, view: &ServiceView, detach: bool) -> anyhow::Result<ExitCode> {
     let ApiResponse::Done { message, .. } = cluster(
         socket,
         ApiRequest::ServiceRollback {
