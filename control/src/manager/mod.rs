@@ -4,6 +4,7 @@
 mod api;
 mod diag;
 mod join;
+mod leadership;
 mod liveness;
 pub mod logs;
 mod networks;
@@ -142,6 +143,7 @@ impl Manager {
             state_dir: state_dir.to_path_buf(),
             data_key,
         });
+        tokio::spawn(leadership::log_terms(manager.raft.metrics(), node_id));
         tokio::spawn(liveness::watch(Arc::downgrade(&manager)));
         tokio::spawn(orchestrate::run(Arc::downgrade(&manager)));
         Ok(manager)
