@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod history;
 pub mod report;
 pub mod web;
 
