@@ -65,21 +65,26 @@ impl Client {
 
     /// Sends one request and waits up to `timeout` for its answer. A failed exchange drops the
     /// connection, so the next call starts afresh.
+    ///
+    /// Cancellation-safe: the connection is taken out while the exchange runs and put back only
+    /// once the answer is read. A caller that stops waiting (a `select!`, a timeout) drops it
+    /// with the future, so its late answer can never be read as the answer to the next call.
     pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, RpcError> {
         let mut conn = self.conn.lock().await;
+        let cached = conn.take();
         let exchange = async {
-            if conn.is_none() {
-                *conn = Some(self.connect().await?);
-            }
-            let stream = conn.as_mut().expect("connected above");
-            frame::write(stream, request)
+            let mut stream = match cached {
+                Some(stream) => stream,
+                None => self.connect().await?,
+            };
+            frame::write(&mut stream, request)
                 .await
                 .map_err(|source| RpcError::Exchange {
                     addr: self.addr.clone(),
                     source,
                 })?;
-            match frame::read(stream).await {
-                Ok(Some(response)) => Ok(response),
+            match frame::read(&mut stream).await {
+                Ok(Some(response)) => Ok((stream, response)),
                 Ok(None) => Err(RpcError::Closed {
                     addr: self.addr.clone(),
                 }),
@@ -89,17 +94,17 @@ impl Client {
                 }),
             }
         };
-        let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok((stream, response))) => {
+                *conn = Some(stream);
+                Ok(response)
+            }
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(RpcError::Timeout {
                 addr: self.addr.clone(),
                 timeout,
             }),
-        };
-        if result.is_err() {
-            *conn = None;
         }
-        result
     }
 
     /// Connects and completes a TLS handshake (the server proves it holds a certificate of
@@ -145,5 +150,76 @@ impl Client {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| failed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApiRequest, ApiResponse};
+    use crate::cluster::ca::{new_node_key_and_csr, CertRole, ClusterCa};
+    use crate::cluster::tls::{manager_server_name, NodeCredentials, PeerIdentity};
+    use crate::rpc::server::{serve, Handler};
+
+    /// Answers a node inspection with the node's name, after a pause for "slow".
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, _peer: Option<PeerIdentity>, request: Request) -> Response {
+            let Request::Api(ApiRequest::NodeInspect { node }) = request else {
+                return Response::Refused("unexpected request".into());
+            };
+            if node == "slow" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Response::Api(ApiResponse::Error(node))
+        }
+    }
+
+    fn inspect(node: &str) -> Request {
+        Request::Api(ApiRequest::NodeInspect { node: node.into() })
+    }
+
+    /// The leader-forwarding path abandons a call when the leader changes; the answer to the
+    /// abandoned call must not become the answer to the next one (found by the Raft fault
+    /// suite: a read got a write's answer, and a failed write could be acknowledged).
+    #[tokio::test]
+    async fn an_abandoned_call_never_answers_the_next_one() {
+        let ca = ClusterCa::generate("cluster").unwrap();
+        let (key_pem, csr) = new_node_key_and_csr("m1").unwrap();
+        let credentials = NodeCredentials {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: ca
+                .sign_csr(&csr, "m1", CertRole::Manager, "cluster")
+                .unwrap(),
+            key_pem,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(serve(
+            listener,
+            credentials.server_config().unwrap(),
+            Arc::new(Echo),
+        ));
+        let client = Client::new(
+            &addr,
+            credentials.client_config().unwrap(),
+            manager_server_name(),
+        );
+        let warm = client.call(&inspect("first"), Duration::from_secs(5)).await;
+        assert!(matches!(warm, Ok(Response::Api(ApiResponse::Error(n))) if n == "first"));
+        let slow = inspect("slow");
+        tokio::select! {
+            answer = client.call(&slow, Duration::from_secs(5)) => {
+                panic!("the slow call answered before it was abandoned: {answer:?}")
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let next = client.call(&inspect("next"), Duration::from_secs(5)).await;
+        assert!(
+            matches!(&next, Ok(Response::Api(ApiResponse::Error(n))) if n == "next"),
+            "{next:?}"
+        );
+        server.abort();
     }
 }
