@@ -120,8 +120,10 @@ impl History {
     }
 
     /// Whether some total order of the operations, consistent with real time and with a
-    /// register's semantics, explains every answer.
-    pub fn linearizable(&self) -> bool {
+    /// register's semantics, explains every answer; None when the search takes longer than
+    /// `limit` (it is depth-first and unmemoized, so an unlinearizable history can take very
+    /// long to refute).
+    pub fn linearizable_within(&self, limit: std::time::Duration) -> Option<bool> {
         let mut events: Vec<(u64, usize, bool)> = Vec::new();
         let operations = self.operations();
         for (index, op) in operations.iter().enumerate() {
@@ -156,13 +158,41 @@ impl History {
             };
             recorded.expect("a client runs one operation at a time");
         }
-        // The tester searches depth-first, one stack frame per operation.
+        // The tester searches depth-first, one stack frame per operation. A search that runs
+        // out of time is left behind; the test process ends it.
+        let (done, verdict) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .stack_size(1 << 30)
-            .spawn(move || tester.is_consistent())
-            .expect("spawning the checker")
-            .join()
-            .expect("the checker panicked")
+            .spawn(move || done.send(tester.is_consistent()))
+            .expect("spawning the checker");
+        verdict.recv_timeout(limit).ok()
+    }
+
+    /// `linearizable_within` without a limit.
+    pub fn linearizable(&self) -> bool {
+        self.linearizable_within(std::time::Duration::MAX)
+            .expect("no time limit")
+    }
+
+    /// The operations as text, one per line in invocation order, for a failure's evidence.
+    pub fn dump(&self) -> String {
+        let mut operations = self.operations();
+        operations.sort_by_key(|op| op.invoke_seq);
+        operations
+            .iter()
+            .map(|op| {
+                format!(
+                    "client {} via {} {} [{}..{}] {:?}\n",
+                    op.client,
+                    op.via,
+                    op.write
+                        .map_or("read".to_string(), |v| format!("write {v}")),
+                    op.invoke_seq,
+                    op.return_seq,
+                    op.outcome
+                )
+            })
+            .collect()
     }
 }
 
@@ -245,7 +275,9 @@ mod tests {
         let mut register = 0;
         let mut seed = 7u64;
         let mut random = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seed >> 33
         };
         for round in 0..300 {

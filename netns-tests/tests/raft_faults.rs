@@ -30,6 +30,8 @@ const TARGET: &str = "w1";
 const PACE: Duration = Duration::from_millis(25);
 /// Longer than any answer meshd gives (a forwarded write waits up to 15 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the linearizability search may take; a few seconds is usual.
+const CHECK_LIMIT: Duration = Duration::from_secs(120);
 
 /// Why a call got no answer from the leader.
 #[derive(Debug)]
@@ -260,22 +262,28 @@ fn verify(lab: &TestLab, scenario: &str, history: &History) {
         ),
     ) {
         lab.keep_logs();
-        panic!("{scenario}: acknowledged writes lost: {missing:?}");
+        let path = format!("/tmp/{}-history.txt", lab.name());
+        let _ = std::fs::write(&path, history.dump());
+        panic!("{scenario}: acknowledged writes lost: {missing:?}; history kept in {path}");
     }
-    let linearizable = history.linearizable();
+    let linearizable = history.linearizable_within(CHECK_LIMIT);
+    if linearizable != Some(true) {
+        lab.keep_logs();
+        let path = format!("/tmp/{}-history.txt", lab.name());
+        let _ = std::fs::write(&path, history.dump());
+        eprintln!("{scenario}: history kept in {path}");
+    }
+    let (linearizable, verdict) = match linearizable {
+        Some(true) => (true, "stateright finds a linearization"),
+        Some(false) => (false, "NOT linearizable"),
+        None => (false, "undecided: the search ran out of time"),
+    };
     assert!(
         report::verdict(
             "raft",
             &format!("{scenario}: history linearizable"),
             linearizable,
-            &format!(
-                "{counts}; {}",
-                if linearizable {
-                    "stateright finds a linearization"
-                } else {
-                    "NOT linearizable"
-                }
-            ),
+            &format!("{counts}; {verdict}"),
         ),
         "{scenario}: the client history is not linearizable"
     );
