@@ -113,6 +113,7 @@ pub async fn run(config: Config, force_new_cluster: bool) -> Result<(), DaemonEr
     let cluster = Arc::new(cluster);
     cluster.resume().await.map_err(DaemonError::Cluster)?;
     cluster.supervise();
+    cluster.keep_certificate_fresh();
     let shared = Arc::new(Shared {
         config,
         started: Instant::now(),
@@ -272,6 +273,7 @@ async fn handle(request: Request, shared: &Shared) -> Response {
                 gossip_port: config.gossip_port,
                 state_dir: config.state_dir.clone(),
                 membership: shared.cluster.membership().await,
+                gossip: shared.cluster.gossip_view(),
             })
         }
     }

@@ -74,6 +74,18 @@ pub struct DaemonStatus {
     pub state_dir: PathBuf,
     /// The node's cluster membership, once it has one.
     pub membership: Option<MembershipView>,
+    /// Gossip's counters and the members it sees, once gossip runs.
+    #[serde(default)]
+    pub gossip: Option<GossipView>,
+}
+
+/// What this node's gossip sees and has counted (`meshctl info --format json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GossipView {
+    /// Counters since gossip started (authentication failures included).
+    pub stats: crate::gossip::stats::GossipStats,
+    /// The gossip address of every member it knows, in any state.
+    pub members: Vec<std::net::SocketAddr>,
 }
 
 /// Errors from talking to the local meshd.

@@ -9,6 +9,7 @@
 
 pub mod bpf;
 pub mod dns;
+pub mod guard;
 pub mod lb;
 pub mod overlay;
 pub mod probe;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use lab::{find_binary, LabSpec, MESHCTL};
-use netns_tests::TestLab;
+use netns_tests::{report, TestLab};
 use serde_json::Value;
 
 fn meshctl() -> String {
@@ -216,26 +216,32 @@ fn forged_rotated_and_foreign_tokens_are_refused() {
         )
     };
 
-    let err = join(&foreign).unwrap_err();
-    assert!(
-        err.contains("CA is not the one the join token names"),
-        "{err}"
-    );
+    let foreign_err = join(&foreign).unwrap_err();
     let forged = format!("{}{}", &ours[..ours.len() - 26], "a".repeat(26));
-    let err = join(&forged).unwrap_err();
-    assert!(
-        err.contains("not valid") && err.contains("rotated or mistyped"),
-        "{err}"
-    );
-    let err = join("SWMTKN-1-abc-def").unwrap_err();
-    assert!(err.contains("not a Mesh join token"), "{err}");
+    let forged_err = join(&forged).unwrap_err();
+    let malformed_err = join("SWMTKN-1-abc-def").unwrap_err();
     run(&lab, "m1", &["swarm", "join-token", "--rotate", "worker"]).unwrap();
-    let err = join(&ours).unwrap_err();
-    assert!(err.contains("rotated"), "{err}");
+    let rotated_err = join(&ours).unwrap_err();
     // None of it changed anything: the right token still works.
-    assert_eq!(nodes(&lab, "m1").len(), 1);
+    let before = nodes(&lab, "m1").len();
     join(&token("m1")).unwrap();
-    assert_eq!(nodes(&lab, "m1").len(), 2);
+    let after = nodes(&lab, "m1").len();
+    let messages_right = foreign_err.contains("CA is not the one the join token names")
+        && forged_err.contains("not valid")
+        && forged_err.contains("rotated or mistyped")
+        && malformed_err.contains("not a Mesh join token")
+        && rotated_err.contains("rotated");
+    assert!(
+        report::verdict(
+            "security",
+            "rotated, forged and foreign join tokens are refused",
+            messages_right && before == 1 && after == 2,
+            &format!(
+                "rotated, forged, malformed and another cluster's token refused (nodes stay {before}); the current token then joins ({after} nodes)"
+            )
+        ),
+        "foreign: {foreign_err}\nforged: {forged_err}\nmalformed: {malformed_err}\nrotated: {rotated_err}\nnodes {before} -> {after}"
+    );
 }
 
 #[test]

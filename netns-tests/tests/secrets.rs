@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use lab::LabSpec;
-use netns_tests::{until_ok, TestLab};
+use netns_tests::{report, until_ok, TestLab};
 use serde_json::Value;
 
 const IMAGE: &str = "mesh-test:latest";
@@ -93,6 +93,41 @@ fn meshctl_path() -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// Whether the writable memory of `host`'s meshd holds `needle` (read through
+/// /proc/PID/mem, as root).
+fn meshd_memory_holds(lab: &TestLab, host: &str, needle: &str) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let info: Value =
+        serde_json::from_str(&lab.meshctl_ok(host, &["info", "--format", "json"])).unwrap();
+    let pid = info["pid"].as_u64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "meshd", "pid {pid} of {host} is not meshd");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let needle = needle.as_bytes();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0; usize::try_from(end - start).unwrap()];
+        // Some regions (guard pages, vsyscall) cannot be read: skip them.
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
 }
 
 #[test]
@@ -275,19 +310,36 @@ fn scenario(tag: &str, containerd: bool) {
     assert_eq!(inspected[0]["services"], serde_json::json!(["app"]));
     assert_eq!(inspected[0]["labels"]["team"], "db");
 
-    // Only w1 holds the files, on a tmpfs; w2 runs no task of the service and has nothing.
+    // Only w1 holds the files, on a tmpfs; w2 runs no task of the service and has nothing:
+    // no secret mount, no secret file, the plain text in no file of its directory (tmpfs
+    // mounts included) and nowhere in its meshd's memory (what the managers sent it).
     let w1_mounts = mounts_under(&w1_state.join("secrets"));
     assert_eq!(w1_mounts.len(), 1, "{w1_mounts:?}");
     let w2_state = lab.lab().files("w2").unwrap().state_dir();
-    assert!(mounts_under(&w2_state)
-        .iter()
-        .all(|m| !m.contains("/secrets/")));
+    let w2_mounts: Vec<String> = mounts_under(&w2_state)
+        .into_iter()
+        .filter(|m| m.contains("/secrets/"))
+        .collect();
+    let w2_files = w2_state.join("secrets").exists()
+        && std::fs::read_dir(w2_state.join("secrets"))
+            .unwrap()
+            .next()
+            .is_some();
+    let w2_hits = files_containing(&host_dir(&lab, "w2"), &plaintext, false);
+    let w2_memory = meshd_memory_holds(&lab, "w2", &plaintext);
+    let w1_memory = meshd_memory_holds(&lab, "w1", &plaintext);
     assert!(
-        !w2_state.join("secrets").exists()
-            || std::fs::read_dir(w2_state.join("secrets"))
-                .unwrap()
-                .next()
-                .is_none()
+        report::verdict(
+            "security",
+            &format!("secrets never reach a host that does not run the task ({})", if containerd { "containerd" } else { "process runtime" }),
+            w2_mounts.is_empty() && !w2_files && w2_hits.is_empty() && !w2_memory,
+            &format!(
+                "w2 (no task of the service): {} secret mounts, secret files: {w2_files}, {} files holding the plain text, in meshd's memory: {w2_memory} (w1, which runs the task: {w1_memory})",
+                w2_mounts.len(),
+                w2_hits.len()
+            )
+        ),
+        "w2 holds the secret: mounts {w2_mounts:?}, files {w2_hits:?}, memory {w2_memory}"
     );
 
     // No plain text on any host's disk: Raft log and snapshots, task files, meshd's log. The

@@ -9,6 +9,7 @@
 mod describe;
 pub use describe::describe_node;
 mod diag;
+mod guard;
 mod health;
 mod network;
 mod task;
@@ -116,6 +117,8 @@ pub struct Agent {
     balancer: Arc<crate::ingress::Balancer>,
     /// The underlay interface, its MTU: found once, at the first convergence.
     underlay: Mutex<Option<crate::ingress::plan::Underlay>>,
+    /// The data-path port's allow-list.
+    guard: Arc<Mutex<guard::GuardState>>,
 }
 
 impl Agent {
@@ -137,6 +140,7 @@ impl Agent {
         Arc::new(Agent {
             balancer,
             underlay: Mutex::new(None),
+            guard: Arc::default(),
             node_id,
             underlay_ip,
             discovery,
@@ -516,5 +520,9 @@ pub async fn clear_node(runtime: &dyn Runtime, state_dir: &std::path::Path) {
     let overlay = dataplane::overlay::Overlay::new(state_dir.join("overlay"));
     if let Err(err) = overlay.clear().await {
         tracing::warn!(error = %err, "removing the overlay networks on leave");
+    }
+    // The vxlan devices are gone: nothing is left for the allow-list to guard.
+    if tokio::task::spawn_blocking(guard::remove).await.is_err() {
+        tracing::warn!("removing the data-path allow-list on leave panicked");
     }
 }

@@ -235,6 +235,8 @@ impl Agent {
             );
             let unchanged = self.last_plan.lock().expect("agent lock").as_ref() == Some(&plan);
             let data_path_port = plan.data_path_port;
+            // Before the overlay: a vxlan device never listens unguarded.
+            self.apply_guard(underlay_ip, data_path_port).await;
             match self.overlay.apply(&plan).await {
                 Ok(applied) if !applied.is_empty() => {
                     tracing::info!(changes = ?applied.changes, "overlay converged");

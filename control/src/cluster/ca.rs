@@ -5,7 +5,7 @@
 //! under the server name `mesh-manager`, so any manager's certificate is valid for any manager
 //! address, and a worker's certificate can never pose as a manager's.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -20,8 +20,58 @@ pub const MANAGER_NAME: &str = "mesh-manager";
 pub const WORKER_NAME: &str = "mesh-worker";
 /// How long the CA is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
-/// How long node certificates are valid; nodes renew well before (see `renew_after`).
+/// How long node certificates are valid unless the cluster sets otherwise (`swarm init
+/// --cert-expiry`); nodes renew well before (see [`renew_at`]).
 pub const NODE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The shortest node certificate lifetime a cluster may choose: a node renews at half its
+/// lifetime, and a renewal must have time to reach a leader and to be retried.
+pub const MIN_NODE_VALIDITY: Duration = Duration::from_secs(60);
+/// How far before its issue a certificate is valid from: clocks a little behind the issuer's
+/// still accept it.
+const BACKDATE: Duration = Duration::from_secs(600);
+
+/// The node certificate lifetime a cluster's setting (seconds, 0 for the default) means.
+pub fn node_validity(cert_expiry_secs: u64) -> Duration {
+    match cert_expiry_secs {
+        0 => NODE_VALIDITY,
+        secs => Duration::from_secs(secs),
+    }
+}
+
+/// Checks a lifetime asked for at init.
+pub fn check_node_validity(lifetime: Duration) -> Result<(), String> {
+    if lifetime < MIN_NODE_VALIDITY {
+        return Err(format!(
+            "--cert-expiry {}s is too short: node certificates must live at least {}s (nodes renew them at half their lifetime); give a longer duration, e.g. 2160h (90 days, the default)",
+            lifetime.as_secs(),
+            MIN_NODE_VALIDITY.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+/// When a certificate valid from `not_before` (backdated, see `validity`) to `not_after`
+/// should be renewed: at half of its lifetime from issue, so a leader that cannot be reached
+/// for a while leaves the other half for retries.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let issued = not_before + BACKDATE;
+    let lifetime = not_after.duration_since(issued).unwrap_or_default();
+    issued + lifetime / 2
+}
+
+/// The validity period of a PEM certificate.
+pub fn validity_of(cert_pem: &str) -> Result<(SystemTime, SystemTime), CaError> {
+    let der = cert_der_from_pem(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| CaError::Pem {
+        what: "the node certificate",
+    })?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    let validity = cert.validity();
+    Ok((at(validity.not_before), at(validity.not_after)))
+}
 
 /// A node's role, as its certificate states it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,6 +162,7 @@ impl ClusterCa {
         node_id: &str,
         role: CertRole,
         cluster_id: &str,
+        lifetime: Duration,
     ) -> Result<String, CaError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
             csr_der.to_vec(),
@@ -120,7 +171,7 @@ impl ClusterCa {
         let key = KeyPair::from_pem(&self.key_pem).map_err(rcgen_error("reading the CA key"))?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der()?, key)
             .map_err(rcgen_error("reading the CA certificate"))?;
-        let params = node_params(node_id, role, cluster_id)?;
+        let params = node_params(node_id, role, cluster_id, lifetime)?;
         let cert = params
             .signed_by(&csr.public_key, &issuer)
             .map_err(rcgen_error("signing the node certificate"))?;
@@ -156,7 +207,7 @@ pub fn cert_der_from_pem(pem: &str) -> Result<CertificateDer<'static>, CaError> 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
     // Tolerate clocks a little behind the issuer's.
-    params.not_before = now - time::Duration::minutes(10);
+    params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;
 }
 
@@ -183,6 +234,7 @@ fn node_params(
     node_id: &str,
     role: CertRole,
     cluster_id: &str,
+    lifetime: Duration,
 ) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::new(vec![role.name().to_string(), node_id.to_string()])
         .map_err(rcgen_error("naming the node certificate"))?;
@@ -199,7 +251,7 @@ fn node_params(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    validity(&mut params, NODE_VALIDITY);
+    validity(&mut params, lifetime);
     Ok(params)
 }
 
@@ -225,7 +277,11 @@ mod tests {
 
     fn issue(ca: &ClusterCa, role: CertRole) -> CertificateDer<'static> {
         let (_key, csr) = new_node_key_and_csr("ignored-by-the-ca").unwrap();
-        cert_der_from_pem(&ca.sign_csr(&csr, "n1a2b3", role, "cluster-x").unwrap()).unwrap()
+        cert_der_from_pem(
+            &ca.sign_csr(&csr, "n1a2b3", role, "cluster-x", NODE_VALIDITY)
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     fn valid_as(ca: &ClusterCa, cert: &CertificateDer<'static>, name: &'static str) -> bool {
@@ -238,6 +294,55 @@ mod tests {
                 UnixTime::now(),
             )
             .is_ok()
+    }
+
+    #[test]
+    fn renewal_falls_at_half_the_lifetime_from_issue() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let not_before = issued - BACKDATE;
+        let at = |lifetime: u64| renew_at(not_before, issued + Duration::from_secs(lifetime));
+        assert_eq!(at(120), issued + Duration::from_secs(60));
+        assert_eq!(
+            at(90 * 24 * 3600),
+            issued + Duration::from_secs(45 * 24 * 3600)
+        );
+        // Always before expiry, even for the shortest lifetime allowed.
+        let shortest = MIN_NODE_VALIDITY.as_secs();
+        assert!(at(shortest) < issued + MIN_NODE_VALIDITY);
+        // A certificate already past its end (a clock jump): renew at once.
+        assert!(renew_at(not_before, issued - Duration::from_secs(5)) <= issued);
+    }
+
+    #[test]
+    fn the_lifetime_signed_is_the_clusters_and_is_read_back() {
+        let ca = ClusterCa::generate("cluster-x").unwrap();
+        let (_key, csr) = new_node_key_and_csr("n1").unwrap();
+        let pem = ca
+            .sign_csr(
+                &csr,
+                "n1",
+                CertRole::Worker,
+                "cluster-x",
+                Duration::from_secs(120),
+            )
+            .unwrap();
+        let (not_before, not_after) = validity_of(&pem).unwrap();
+        let lifetime = not_after.duration_since(not_before).unwrap();
+        assert_eq!(lifetime, BACKDATE + Duration::from_secs(120));
+        let due = renew_at(not_before, not_after);
+        assert_eq!(
+            not_after.duration_since(due).unwrap(),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn lifetimes_are_checked_and_zero_means_the_default() {
+        assert_eq!(node_validity(0), NODE_VALIDITY);
+        assert_eq!(node_validity(120), Duration::from_secs(120));
+        assert!(check_node_validity(MIN_NODE_VALIDITY).is_ok());
+        let err = check_node_validity(Duration::from_secs(59)).unwrap_err();
+        assert!(err.contains("at least 60s"), "{err}");
     }
 
     #[test]
@@ -278,7 +383,7 @@ mod tests {
     fn garbage_requests_and_pem_are_refused() {
         let ca = ClusterCa::generate("c").unwrap();
         assert!(ca
-            .sign_csr(b"not a csr", "n1", CertRole::Worker, "c")
+            .sign_csr(b"not a csr", "n1", CertRole::Worker, "c", NODE_VALIDITY)
             .is_err());
         assert!(cert_der_from_pem("-----BEGIN NOTHING-----").is_err());
         assert!(!format!("{ca:?}").contains("PRIVATE KEY"));

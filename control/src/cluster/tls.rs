@@ -5,11 +5,13 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use thiserror::Error;
 
@@ -25,6 +27,39 @@ pub struct NodeCredentials {
     pub cert_pem: String,
     /// This node's private key.
     pub key_pem: String,
+    /// The certificate and key handshakes present, shared by every configuration built from
+    /// these credentials and their clones, so a renewal reaches them all at once.
+    live: Arc<LiveKey>,
+}
+
+/// The node's certificate as handshakes use it, replaced in place on renewal.
+#[derive(Debug, Default)]
+struct LiveKey(std::sync::RwLock<Option<Arc<CertifiedKey>>>);
+
+impl LiveKey {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().expect("certificate lock").clone()
+    }
+}
+
+impl ResolvesServerCert for LiveKey {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ResolvesClientCert for LiveKey {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for NodeCredentials {
@@ -63,6 +98,41 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl NodeCredentials {
+    /// Credentials from their PEMs.
+    pub fn new(ca_pem: String, cert_pem: String, key_pem: String) -> Self {
+        NodeCredentials {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            live: Arc::default(),
+        }
+    }
+
+    /// Replaces the certificate and key (same CA) in every configuration built from these
+    /// credentials or their clones: connections made from now on show the new certificate.
+    pub fn renew(&mut self, cert_pem: String, key_pem: String) -> Result<(), TlsError> {
+        let renewed = NodeCredentials::new(self.ca_pem.clone(), cert_pem, key_pem);
+        let certified = renewed.certified_key()?;
+        *self.live.0.write().expect("certificate lock") = Some(certified);
+        self.cert_pem = renewed.cert_pem;
+        self.key_pem = renewed.key_pem;
+        Ok(())
+    }
+
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let key = provider().key_provider.load_private_key(self.key()?)?;
+        Ok(Arc::new(CertifiedKey::new(self.chain()?, key)))
+    }
+
+    /// The shared certificate, installed from the PEMs on first use.
+    fn live_key(&self) -> Result<Arc<LiveKey>, TlsError> {
+        let mut slot = self.live.0.write().expect("certificate lock");
+        if slot.is_none() {
+            *slot = Some(self.certified_key()?);
+        }
+        Ok(Arc::clone(&self.live))
+    }
+
     fn ca_der(&self) -> Result<CertificateDer<'static>, TlsError> {
         cert_der_from_pem(&self.ca_pem).map_err(|_| TlsError::Pem {
             what: "the CA certificate",
@@ -101,7 +171,7 @@ impl NodeCredentials {
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain()?, self.key()?)?;
+            .with_cert_resolver(self.live_key()?);
         Ok(Arc::new(config))
     }
 
@@ -111,7 +181,7 @@ impl NodeCredentials {
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain()?, self.key()?)?;
+            .with_client_cert_resolver(self.live_key()?);
         Ok(Arc::new(config))
     }
 }

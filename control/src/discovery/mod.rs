@@ -184,6 +184,15 @@ impl Discovery {
         }
     }
 
+    /// Gossip's counters and members, once it runs.
+    pub fn view(&self) -> Option<crate::local_api::GossipView> {
+        let gossip = self.gossip.lock().expect("discovery lock").clone()?;
+        Some(crate::local_api::GossipView {
+            stats: gossip.stats(),
+            members: gossip.members().into_iter().map(|m| m.addr).collect(),
+        })
+    }
+
     /// Nodes gossip has declared down.
     pub fn down_nodes(&self) -> Vec<NodeId> {
         match self.gossip.lock().expect("discovery lock").as_ref() {

@@ -74,6 +74,7 @@ impl Manager {
                 &format_node_id(node_id),
                 cert_role,
                 &cluster.id,
+                crate::cluster::ca::node_validity(cluster.cert_expiry_secs),
             )
             .map_err(|e| format!("the node's certificate request was refused: {e}"))?;
         self.apply(Command::AddNode(NodeRecord {

@@ -118,7 +118,8 @@ impl Manager {
         }
     }
 
-    /// A certificate of the node's recorded role, for a node whose role changed.
+    /// A certificate of the node's recorded role, for a node whose role changed or whose
+    /// certificate is due for renewal.
     pub(super) async fn renew(&self, peer: &PeerIdentity, csr_der: &[u8]) -> Response {
         let Some((node, cluster)) = self.read(|s| {
             let node = s
@@ -138,7 +139,8 @@ impl Manager {
             Role::Manager => CertRole::Manager,
             Role::Worker => CertRole::Worker,
         };
-        match ca.sign_csr(csr_der, &peer.node_id, role, &cluster.id) {
+        let lifetime = crate::cluster::ca::node_validity(cluster.cert_expiry_secs);
+        match ca.sign_csr(csr_der, &peer.node_id, role, &cluster.id, lifetime) {
             Ok(cert_pem) => {
                 let mut managers = self.voters();
                 if node.role == Role::Manager && !managers.iter().any(|(id, _)| *id == node.id) {

@@ -193,6 +193,7 @@ mod tests {
                 default_addr_pool_mask_length: 24,
                 created_unix: 0,
                 gossip_keys: Vec::new(),
+                cert_expiry_secs: 0,
             }),
             ..Default::default()
         }

@@ -51,11 +51,11 @@ impl Identity {
         };
         Ok(Some(Identity {
             membership,
-            credentials: NodeCredentials {
-                ca_pem: fs::read_to_string(dir.join("ca.pem"))?,
-                cert_pem: fs::read_to_string(dir.join("node.pem"))?,
-                key_pem: fs::read_to_string(dir.join("node.key"))?,
-            },
+            credentials: NodeCredentials::new(
+                fs::read_to_string(dir.join("ca.pem"))?,
+                fs::read_to_string(dir.join("node.pem"))?,
+                fs::read_to_string(dir.join("node.key"))?,
+            ),
         }))
     }
 
@@ -128,11 +128,7 @@ mod tests {
                 addr: "198.18.0.4:2377".into(),
                 managers: vec![(1, "198.18.0.1:2377".into())],
             },
-            credentials: NodeCredentials {
-                ca_pem: "ca".into(),
-                cert_pem: "cert".into(),
-                key_pem: "key".into(),
-            },
+            credentials: NodeCredentials::new("ca".into(), "cert".into(), "key".into()),
         };
         identity.save(dir.path()).unwrap();
         let loaded = Identity::load(dir.path()).unwrap().unwrap();

@@ -3,5 +3,6 @@
 
 pub mod heartbeat;
 pub mod identity;
+mod renewal;
 pub mod runtime;
 mod transitions;

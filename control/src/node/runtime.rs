@@ -40,6 +40,9 @@ pub struct InitOptions {
     pub default_addr_pool: Option<String>,
     /// Prefix length of each overlay subnet.
     pub default_addr_pool_mask_length: Option<u8>,
+    /// Lifetime of node certificates, in seconds [default: 90 days].
+    #[serde(default)]
+    pub cert_expiry_secs: Option<u64>,
 }
 
 /// What `swarm join` may set.
@@ -199,6 +202,16 @@ impl ClusterNode {
         Ok(recovered)
     }
 
+    /// Gossip's counters and members, while this node gossips.
+    pub fn gossip_view(&self) -> Option<crate::local_api::GossipView> {
+        let discovery = self
+            .discovery_running
+            .lock()
+            .expect("discovery lock")
+            .clone()?;
+        discovery.view()
+    }
+
     /// This node's membership, if it has one.
     pub async fn membership(&self) -> Option<MembershipView> {
         self.running.lock().await.as_ref().map(|r| {
@@ -355,6 +368,9 @@ impl ClusterNode {
         if data_path_port == 0 {
             return Err("--data-path-port 0 is not a usable port; give 1-65535".into());
         }
+        let cert_expiry_secs = options.cert_expiry_secs.unwrap_or(0);
+        let cert_lifetime = crate::cluster::ca::node_validity(cert_expiry_secs);
+        crate::cluster::ca::check_node_validity(cert_lifetime)?;
 
         let cluster_id = random_hex(8)?;
         let ca = ClusterCa::generate(&cluster_id).map_err(|e| e.to_string())?;
@@ -367,6 +383,7 @@ impl ClusterNode {
                 &format_node_id(node_id),
                 CertRole::Manager,
                 &cluster_id,
+                cert_lifetime,
             )
             .map_err(|e| e.to_string())?;
         let identity = Identity {
@@ -377,11 +394,7 @@ impl ClusterNode {
                 addr: addr.to_string(),
                 managers: vec![(node_id, addr.to_string())],
             },
-            credentials: NodeCredentials {
-                ca_pem: ca.cert_pem.clone(),
-                cert_pem,
-                key_pem,
-            },
+            credentials: NodeCredentials::new(ca.cert_pem.clone(), cert_pem, key_pem),
         };
         let info = ClusterInfo {
             id: cluster_id,
@@ -396,6 +409,7 @@ impl ClusterNode {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             gossip_keys: vec![GossipKey::new(1)?],
+            cert_expiry_secs,
         };
         let digest = ca.digest().map_err(|e| e.to_string())?;
         let tokens = (
@@ -510,11 +524,7 @@ impl ClusterNode {
                 addr: addr.to_string(),
                 managers: accepted.managers.clone(),
             },
-            credentials: NodeCredentials {
-                ca_pem: accepted.ca_pem,
-                cert_pem: accepted.cert_pem,
-                key_pem,
-            },
+            credentials: NodeCredentials::new(accepted.ca_pem, accepted.cert_pem, key_pem),
         };
         identity
             .save(&self.state_dir)

@@ -89,11 +89,12 @@ impl ClusterNode {
                 managers,
                 ..identity.membership
             },
-            credentials: NodeCredentials {
+            // New credentials: the old ones' configurations die with the stopped side.
+            credentials: NodeCredentials::new(
+                identity.credentials.ca_pem.clone(),
                 cert_pem,
                 key_pem,
-                ..identity.credentials
-            },
+            ),
         };
         identity
             .save(&self.state_dir)
@@ -103,7 +104,7 @@ impl ClusterNode {
         Ok(())
     }
 
-    async fn call_leader(
+    pub(super) async fn call_leader(
         &self,
         identity: &Identity,
         request: &Request,

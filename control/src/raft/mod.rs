@@ -60,6 +60,7 @@ mod tests {
                 default_addr_pool_mask_length: 24,
                 created_unix: 0,
                 gossip_keys: Vec::new(),
+                cert_expiry_secs: 0,
             };
             let entry = Entry::<TypeConfig> {
                 log_id: log_id(1, 1, 1),

@@ -68,6 +68,10 @@ pub struct ClusterInfo {
     pub default_addr_pool_mask_length: u8,
     /// Seconds since the epoch at init.
     pub created_unix: u64,
+    /// Lifetime of node certificates in seconds (`swarm init --cert-expiry`); 0 for the
+    /// default (`ca::NODE_VALIDITY`).
+    #[serde(default)]
+    pub cert_expiry_secs: u64,
     /// Keys that authenticate and encrypt gossip, oldest first; rotation appends one and
     /// keeps the last few, so nodes that have not heard of the newest still understand.
     #[serde(default)]
@@ -702,6 +706,7 @@ mod tests {
             default_addr_pool_mask_length: 24,
             created_unix: 0,
             gossip_keys: Vec::new(),
+            cert_expiry_secs: 0,
         }
     }
 

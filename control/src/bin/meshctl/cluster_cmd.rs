@@ -35,6 +35,10 @@ pub enum SwarmCommand {
         /// Prefix length of each overlay subnet [default: 24].
         #[arg(long)]
         default_addr_pool_mask_length: Option<u8>,
+        /// How long node certificates are valid, e.g. 2160h; nodes renew them at half
+        /// their lifetime [default: 2160h, 90 days; at least 1m].
+        #[arg(long)]
+        cert_expiry: Option<String>,
     },
     /// Join a cluster as a worker or manager, as the token says.
     Join {
@@ -202,13 +206,22 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
             data_path_port,
             default_addr_pool,
             default_addr_pool_mask_length,
+            cert_expiry,
         } => {
+            let cert_expiry_secs = cert_expiry
+                .map(|text| {
+                    control::service::spec::parse_duration_ms(&text)
+                        .map(|ms| ms / 1000)
+                        .map_err(|e| anyhow::anyhow!("--cert-expiry: {e}"))
+                })
+                .transpose()?;
             let options = InitOptions {
                 advertise_addr,
                 listen_addr,
                 data_path_port,
                 default_addr_pool,
                 default_addr_pool_mask_length,
+                cert_expiry_secs,
             };
             let Response::Initialized(done) = call(socket, Request::SwarmInit(options))? else {
                 bail!("meshd answered with something else; is meshctl the same version as meshd?");

@@ -148,6 +148,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     lines.push(("Leader reachable", reach.into()));
                 }
             }
+            if let Some(gossip) = &status.gossip {
+                lines.push(("Gossip members", gossip.members.len().to_string()));
+                lines.push((
+                    "Gossip dropped",
+                    format!(
+                        "{} unauthenticated, {} malformed, {} from unknown senders",
+                        gossip.stats.auth_failures,
+                        gossip.stats.malformed,
+                        gossip.stats.unknown_senders
+                    ),
+                ));
+            }
             if let Some(view) = &cluster {
                 lines.push(("Managers", view.managers.to_string()));
                 lines.push((

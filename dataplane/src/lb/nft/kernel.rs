@@ -260,7 +260,7 @@ where
 }
 
 /// Runs `f` on a scratch thread inside `ns`; an error names `operation` and the namespace.
-fn in_ns<T: Send>(
+pub(crate) fn in_ns<T: Send>(
     ns: &Netns,
     operation: &str,
     f: impl FnOnce() -> io::Result<T> + Send,
@@ -272,7 +272,7 @@ fn in_ns<T: Send>(
 }
 
 /// An `nft` failure with what it printed.
-fn nft_error(what: &str, err: NftablesError) -> LbError {
+pub(crate) fn nft_error(what: &str, err: NftablesError) -> LbError {
     match err {
         NftablesError::NftFailed { stderr, .. } => {
             LbError::Nftables(format!("{what}: nft failed: {}", stderr.trim()))

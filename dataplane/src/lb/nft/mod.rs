@@ -62,7 +62,7 @@
 //!   from the host itself (no output hook); a host whose forward policy drops (Docker's
 //!   iptables) must accept these flows itself.
 
-mod kernel;
+pub(crate) mod kernel;
 pub mod ruleset;
 
 use std::path::{Path, PathBuf};

@@ -184,6 +184,24 @@ pub(crate) fn parse_features(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Mesh's own tables that the analysis leaves out: the data-path port's allow-list drops only
+/// datagrams from hosts that are no cluster members, which no member is hurt by.
+pub fn mesh_tables() -> Vec<TableRef> {
+    vec![TableRef {
+        family: crate::guard::FAMILY_NAME.to_string(),
+        name: crate::guard::TABLE.to_string(),
+    }]
+}
+
+/// Whether `nft -j list ruleset` output holds table `family name`.
+fn has_table(ruleset_json: &str, family: &str, name: &str) -> bool {
+    let doc: serde_json::Value = serde_json::from_str(ruleset_json).unwrap_or_default();
+    doc["nftables"].as_array().into_iter().flatten().any(|o| {
+        o.get("table")
+            .is_some_and(|t| t["family"] == family && t["name"] == name)
+    })
+}
+
 /// Reads everything, checks everything: the report `meshctl diag firewall` prints.
 pub fn check_firewall(
     data_path_port: u16,
@@ -213,7 +231,9 @@ pub fn check_firewall(
         }
     }
     if let Some(json) = &rulesets.nft_json {
-        match analyze_nft(json, &ports, &skip) {
+        // Mesh's own allow-list of the data-path port drops only non-members: not a finding.
+        let skipped: Vec<TableRef> = skip.iter().cloned().chain(mesh_tables()).collect();
+        match analyze_nft(json, &ports, &skipped) {
             Ok(mut analysis) => {
                 if let Some(listing) = &rulesets.nft_listing {
                     let texts = nft_rule_texts(listing);
@@ -232,6 +252,13 @@ pub fn check_firewall(
                     line.push_str(&format!(
                         "; tables {} are iptables-nft's, reported from iptables-save",
                         shown.join(", ")
+                    ));
+                }
+                if has_table(json, crate::guard::FAMILY_NAME, crate::guard::TABLE) {
+                    line.push_str(&format!(
+                        "; table {} {} is Mesh's allow-list of the data-path port (members only), not checked",
+                        crate::guard::FAMILY_NAME,
+                        crate::guard::TABLE
                     ));
                 }
                 report.checked.push(line);

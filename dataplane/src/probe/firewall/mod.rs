@@ -51,7 +51,9 @@ mod tests_settings;
 use serde::Serialize;
 
 pub use eval::Analysis;
-pub use host::{check_firewall, read_host_settings, read_rulesets, IptablesDump, Rulesets};
+pub use host::{
+    check_firewall, mesh_tables, read_host_settings, read_rulesets, IptablesDump, Rulesets,
+};
 pub use iptables::{analyze_iptables, blocking_iptables_rules, iptables_nft_tables};
 pub use nft::{analyze_nft, blocking_nft_rules, TableRef};
 pub use nft_text::nft_rule_texts;

@@ -200,3 +200,61 @@ fn check_firewall_reads_this_host_without_failing() {
     );
     serde_json::to_string(&report).unwrap();
 }
+
+#[test]
+fn mesh_allow_list_is_taken_by_nft_updated_in_place_and_not_reported() {
+    let Some(ns) = Netns::create() else { return };
+    let apply = |guard: &crate::guard::Guard| {
+        let file = std::env::temp_dir().join(format!("{}-guard.json", ns.name));
+        std::fs::write(
+            &file,
+            serde_json::to_string(&crate::guard::ruleset::transaction(guard)).unwrap(),
+        )
+        .unwrap();
+        ns.run("nft", &["-j", "-f", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+    };
+    let ip = |last| std::net::Ipv4Addr::new(198, 18, 0, last);
+    apply(&crate::guard::plan(4789, ip(1), [ip(2), ip(3)]));
+    // A member leaves: the set shrinks, in one transaction on the same table.
+    apply(&crate::guard::plan(4789, ip(1), [ip(2)]));
+    let listing = ns.run("nft", &["list", "table", "inet", crate::guard::TABLE]);
+    assert!(listing.contains("198.18.0.1, 198.18.0.2 }"), "{listing}");
+    assert!(!listing.contains("198.18.0.3"), "{listing}");
+    assert!(
+        listing.contains("udp dport 4789 ip saddr @members accept"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("udp dport 4789 counter name \"dropped\" drop"),
+        "{listing}"
+    );
+
+    let json = ns.run("nft", &["-j", "list", "ruleset"]);
+    let ports = required_ports(
+        DEFAULT_DATA_PATH_PORT,
+        DEFAULT_GOSSIP_PORT,
+        DEFAULT_CLUSTER_PORT,
+    );
+    // Read as any firewall, the table drops some of the data-path port's traffic...
+    let unskipped = analyze_nft(&json, &ports, &[]).unwrap();
+    assert!(!unskipped.findings.is_empty(), "{unskipped:#?}");
+    // ... but it is Mesh's own, and members are never dropped by it.
+    let analysis = analyze_nft(&json, &ports, &mesh_tables()).unwrap();
+    assert!(analysis.findings.is_empty(), "{:#?}", analysis.findings);
+
+    // Removal takes the whole table, and is no error once it is gone.
+    for _ in 0..2 {
+        let file = std::env::temp_dir().join(format!("{}-rm.json", ns.name));
+        std::fs::write(
+            &file,
+            serde_json::to_string(&crate::guard::ruleset::removal()).unwrap(),
+        )
+        .unwrap();
+        ns.run("nft", &["-j", "-f", file.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&file);
+    }
+    assert!(!ns
+        .run("nft", &["list", "tables"])
+        .contains(crate::guard::TABLE));
+}
