@@ -166,14 +166,17 @@ fn client(host: &str, socket: &Path, history: &History, stop: &AtomicBool) {
     }
 }
 
-/// A write refused before Raft saw it (meshd down, or quorum known lost) took no effect; any
-/// other failure leaves its outcome open (it may commit after the caller gave up).
+/// A write refused before Raft saw it (meshd down, or quorum known lost with the request never
+/// delivered to a leader) took no effect; any other failure leaves its outcome open (it may
+/// commit after the caller gave up, and meshd's error says so).
 fn write_outcome(result: Result<(), CallError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Answered(0),
         Err(CallError::NotSent(why)) => Outcome::Refused(why),
         Err(CallError::Failed(why))
-            if why.contains("quorum lost") && !why.contains("not committed") =>
+            if why.contains("quorum lost")
+                && !why.contains("not committed")
+                && !why.contains("may have been applied") =>
         {
             Outcome::Refused(why)
         }

@@ -17,6 +17,9 @@ use crate::store::{ClusterState, Command, NodeStatus, Role};
 /// How long a forwarded call may take (a write waits up to 5 s for its commit, a diagnosis up
 /// to 10 s for every host).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Said of a write whose request reached a leader but whose answer never came back.
+pub const OUTCOME_UNKNOWN: &str = "the leader may have received this change before it became unreachable, so it may have been applied: check the current state before retrying";
+
 /// How long a follower waits for an election to produce a leader before giving up.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
@@ -26,6 +29,9 @@ impl Manager {
     /// last known state, marked stale, and writes are refused with the quorum error.
     pub async fn api(&self, request: ApiRequest) -> ApiResponse {
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        // Whether a leader may have received this request without its answer reaching us: a
+        // write may then have been applied, and the error must not claim otherwise.
+        let mut maybe_delivered = false;
         loop {
             if self.is_leader() {
                 return self.api_as_leader(request).await;
@@ -43,8 +49,15 @@ impl Manager {
             let mut metrics = self.raft.metrics();
             let forwarded = tokio::select! {
                 answer = self.forward(&addr, &request) => answer,
-                _ = metrics.wait_for(|m| m.current_leader != asked) => continue,
+                _ = metrics.wait_for(|m| m.current_leader != asked) => {
+                    maybe_delivered = true;
+                    continue;
+                }
             };
+            if matches!(&forwarded, Err(err) if !matches!(err, crate::rpc::client::RpcError::Connect { .. }))
+            {
+                maybe_delivered = true;
+            }
             match forwarded {
                 Ok(Response::Api(answer)) => return answer,
                 Ok(Response::Refused(why)) => return ApiResponse::Error(why),
@@ -76,6 +89,8 @@ impl Manager {
                 warning: format!("{warning}; showing the last state this manager knows"),
                 answer: Box::new(self.answer_read(&request)),
             }
+        } else if maybe_delivered {
+            ApiResponse::Error(format!("{warning}; {OUTCOME_UNKNOWN}"))
         } else {
             ApiResponse::Error(warning)
         }

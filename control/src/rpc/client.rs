@@ -157,7 +157,7 @@ impl Client {
 mod tests {
     use super::*;
     use crate::api::{ApiRequest, ApiResponse};
-    use crate::cluster::ca::{new_node_key_and_csr, CertRole, ClusterCa};
+    use crate::cluster::ca::{new_node_key_and_csr, node_validity, CertRole, ClusterCa};
     use crate::cluster::tls::{manager_server_name, NodeCredentials, PeerIdentity};
     use crate::rpc::server::{serve, Handler};
 
@@ -187,13 +187,10 @@ mod tests {
     async fn an_abandoned_call_never_answers_the_next_one() {
         let ca = ClusterCa::generate("cluster").unwrap();
         let (key_pem, csr) = new_node_key_and_csr("m1").unwrap();
-        let credentials = NodeCredentials {
-            ca_pem: ca.cert_pem.clone(),
-            cert_pem: ca
-                .sign_csr(&csr, "m1", CertRole::Manager, "cluster")
-                .unwrap(),
-            key_pem,
-        };
+        let cert_pem = ca
+            .sign_csr(&csr, "m1", CertRole::Manager, "cluster", node_validity(0))
+            .unwrap();
+        let credentials = NodeCredentials::new(ca.cert_pem.clone(), cert_pem, key_pem);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(serve(
