@@ -1,5 +1,6 @@
 //! HTTP from a lab's client: one request, and a constant connection-per-request load whose
-//! every failure is kept with its time (to read against meshd's logs).
+//! every failure is kept with the time it was sent (to read against meshd's logs, and to tell
+//! which phase of a fault it belongs to).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -68,12 +69,16 @@ impl Load {
                     if flag.load(Ordering::Relaxed) {
                         break;
                     }
+                    let (sent, started) = (clock(), std::time::Instant::now());
                     match get(*target, "/") {
                         Ok(_) => {
                             served += 1;
                             count.store(served, Ordering::Relaxed);
                         }
-                        Err(e) => failed.push(format!("{} {e}", clock())),
+                        Err(e) => failed.push(format!(
+                            "{sent} (+{} ms) {e}",
+                            started.elapsed().as_millis()
+                        )),
                     }
                 }
                 (served, failed)
@@ -88,7 +93,8 @@ impl Load {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Stops the load: requests served, and each failure with its time.
+    /// Stops the load: requests served, and each failure as `<sent> (+<ms until it failed>)
+    /// <error>`, the time of day as [`clock`] writes it.
     pub fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.done.join().expect("load thread")

@@ -6,6 +6,7 @@
 //! holds the tasks the previous agent started; the first answer from the leader decides which
 //! are adopted and which are stopped.
 
+mod departed;
 mod describe;
 pub use describe::describe_node;
 mod diag;
@@ -303,7 +304,16 @@ impl Agent {
     ) {
         // The watcher and the periodic reports both bring assignments: one reconcile at a time.
         let _one = self.reconciling.lock().await;
-        let assignments: Arc<Assignments> = Arc::from(assignments);
+        // Tasks the managers replaced while this node was out of reach drain like any other.
+        let previous = self.last.lock().expect("agent lock").clone();
+        let assignments = departed::keep_departed(*assignments, previous.as_deref(), |id| {
+            self.tasks
+                .lock()
+                .expect("agent lock")
+                .get(id)
+                .is_some_and(|t| !t.state.is_terminal())
+        });
+        let assignments: Arc<Assignments> = Arc::new(assignments);
         *self.last.lock().expect("agent lock") = Some(Arc::clone(&assignments));
         let wanted: HashMap<String, Assignment> = assignments
             .tasks

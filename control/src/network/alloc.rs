@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use super::{Attachment, NetworkRecord, NetworkSpec, Subnet};
-use crate::store::ClusterState;
+use crate::service::{TaskRecord, TaskState};
+use crate::store::{ClusterState, NodeStatus};
 
 /// The first VNI Mesh hands out (Swarm starts at 4097 too, above VLAN IDs).
 pub const FIRST_VNI: u32 = 4097;
@@ -115,12 +116,26 @@ fn next_free_subnet(pool: Subnet, len: u8, taken: &[(Subnet, &str)]) -> Option<S
     None
 }
 
-/// Addresses on `network` held by tasks that have not ended and by service VIPs.
+/// Whether `task`'s addresses are still taken: it has not ended, or it was orphaned on a node
+/// that is still Down. Cut off from the managers (a partition, meshd down), such a task may
+/// still run: its address given to a replacement would be on two hosts once the node returns,
+/// and every host's overlay refuses a plan with an address twice until one of them stops
+/// (which, draining, takes seconds). A node removed from the cluster frees them.
+pub fn holds_addresses(state: &ClusterState, task: &TaskRecord) -> bool {
+    !task.state.is_terminal()
+        || task.state == TaskState::Orphaned
+            && task
+                .node_id
+                .and_then(|id| state.nodes.get(&id))
+                .is_some_and(|node| node.status == NodeStatus::Down)
+}
+
+/// Addresses on `network` held by tasks (see [`holds_addresses`]) and by service VIPs.
 pub fn addresses_in_use(state: &ClusterState, network_id: &str) -> BTreeSet<Ipv4Addr> {
     let tasks = state
         .tasks
         .values()
-        .filter(|t| !t.state.is_terminal())
+        .filter(|t| holds_addresses(state, t))
         .flat_map(|t| &t.attachments);
     let vips = state.services.values().flat_map(|s| &s.vips);
     tasks
@@ -177,7 +192,7 @@ pub fn free_address(
 mod tests {
     use super::*;
     use crate::network::Attachment;
-    use crate::service::{DesiredState, TaskRecord, TaskState};
+    use crate::service::DesiredState;
     use crate::store::ClusterInfo;
 
     fn state() -> ClusterState {
@@ -355,6 +370,56 @@ mod tests {
         let full: BTreeSet<Ipv4Addr> = net.subnet.hosts().collect();
         let err = free_address(&net, &full).unwrap_err();
         assert!(err.contains("no free address in 10.1.0.0/29"), "{err}");
+    }
+
+    #[test]
+    fn a_task_orphaned_on_a_down_node_keeps_its_address_until_the_node_returns_or_goes() {
+        use crate::store::{NodeDescription, NodeRecord};
+        let mut s = state();
+        let net = add(&mut s, "a", NetworkSpec::default()).unwrap();
+        s.nodes.insert(
+            1,
+            NodeRecord {
+                id: 1,
+                name: "w1".into(),
+                addr: "198.18.0.2:2377".into(),
+                role: crate::store::Role::Worker,
+                availability: crate::store::Availability::Active,
+                labels: Default::default(),
+                status: NodeStatus::Down,
+                version: "0.1.0".into(),
+                description: NodeDescription::default(),
+            },
+        );
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        s.tasks.insert(
+            "t1".into(),
+            TaskRecord {
+                id: "t1".into(),
+                service_id: "s".into(),
+                service_version: 1,
+                slot: 1,
+                node_id: Some(1),
+                desired: DesiredState::Shutdown,
+                state: TaskState::Orphaned,
+                error: None,
+                exit: None,
+                created_ms: 0,
+                state_ms: 0,
+                attempt: 0,
+                attachments: vec![Attachment {
+                    network_id: net.id.clone(),
+                    ip,
+                }],
+                health: None,
+            },
+        );
+        assert!(addresses_in_use(&s, &net.id).contains(&ip), "node down");
+        s.nodes.get_mut(&1).unwrap().status = NodeStatus::Ready;
+        assert!(!addresses_in_use(&s, &net.id).contains(&ip), "node back");
+        s.nodes.get_mut(&1).unwrap().status = NodeStatus::Down;
+        s.nodes.remove(&1);
+        assert!(!addresses_in_use(&s, &net.id).contains(&ip), "node removed");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::network::alloc::free_address;
+use crate::network::alloc::{free_address, holds_addresses};
 use crate::network::Attachment;
 use crate::service::{DesiredState, TaskRecord, TaskState};
 use crate::store::ClusterState;
@@ -24,7 +24,7 @@ pub(super) fn attached(state: &ClusterState, task: &TaskRecord) -> bool {
 
 pub(super) fn attach(state: &ClusterState, tasks: &mut BTreeMap<String, TaskRecord>) {
     let mut used: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    let live = tasks.values().filter(|t| !t.state.is_terminal());
+    let live = tasks.values().filter(|t| holds_addresses(state, t));
     let vips = state.services.values().flat_map(|s| &s.vips);
     for attachment in live.flat_map(|t| &t.attachments).chain(vips) {
         used.entry(attachment.network_id.clone())
