@@ -12,3 +12,4 @@ pub mod dns;
 pub mod lb;
 pub mod overlay;
 pub mod probe;
+pub mod ratelimit;
