@@ -20,7 +20,10 @@ pub fn verdict(area: &str, case: &str, passed: bool, outcome: &str) -> bool {
         "passed": passed,
         "outcome": outcome,
     });
-    let file_name = format!("{}.jsonl", area.replace(|c: char| !c.is_alphanumeric(), "-"));
+    let file_name = format!(
+        "{}.jsonl",
+        area.replace(|c: char| !c.is_alphanumeric(), "-")
+    );
     let path = std::path::Path::new(&dir).join(file_name);
     // Several test binaries append at once; one write per line keeps lines whole.
     let written = std::fs::create_dir_all(&dir).and_then(|()| {
