@@ -124,8 +124,8 @@ pub async fn worker(
             *source = peer.map(|p| p.ip());
         }
         limit.allow_batch(&sources[..count], &mut allowed[..count]);
-        for slot in 0..count {
-            if !allowed[slot] {
+        for (slot, &allowed) in allowed.iter().enumerate().take(count) {
+            if !allowed {
                 continue; // over its client's rate: dropped, counted by the limit
             }
             let packet = &batch.queries[slot][..batch.lens[slot]];

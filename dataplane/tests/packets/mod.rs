@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+pub mod cases;
+
 pub const ETH_LEN: usize = 14;
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
@@ -155,5 +157,5 @@ pub fn vxlan_frame(flags: u32, vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut payload = flags.to_be_bytes().to_vec();
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(inner);
-    udp_frame(super::HOST, VXLAN_PORT, 49152, &payload)
+    udp_frame(crate::HOST, VXLAN_PORT, 49152, &payload)
 }
