@@ -81,6 +81,10 @@ static __always_inline int lb_ingress_vxlan(void *ctx, const bool xdp, const str
 		return LB_DROP(xdp, LB_DROP_TRUNCATED_L4);
 	if (inner_eth->h_proto != LB_BE_ETH_P_IP)
 		return LB_DROP(xdp, LB_DROP_BAD_INNER);
+	/* Checked before the decap too: TC's room adjustment refuses to leave
+	 * less than an IPv4 header, which would count as a failed adjustment. */
+	if ((void *)(inner_eth + 1) + sizeof(struct iphdr) > end)
+		return LB_DROP(xdp, LB_DROP_TRUNCATED_IP);
 	__be32 ingress_ip = p->saddr;
 	__be16 published_port = bpf_htons(vni & 0xffff);
 

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::local_api::{DaemonStatus, Request, Response, MAX_REQUEST_BYTES};
+use crate::local_api::{
+    read_request_line, too_large, DaemonStatus, Request, RequestLine, Response, MAX_REQUEST_BYTES,
+};
 use crate::manager::ManagerSettings;
 use crate::node::runtime::{ClusterNode, NodeSettings};
 
@@ -208,21 +210,19 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
-        line.clear();
         // Each request line is bounded on its own, so a client can make meshd buffer at most
         // MAX_REQUEST_BYTES, however long it keeps the connection.
-        let n = (&mut reader)
-            .take(MAX_REQUEST_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let oversized = line.len() > MAX_REQUEST_BYTES;
+        let oversized = match read_request_line(&mut reader, &mut line).await? {
+            RequestLine::Closed => return Ok(()),
+            RequestLine::TooLarge => true,
+            RequestLine::Request => false,
+        };
         let response = if oversized {
-            Response::Error {
-                message: format!("request larger than {MAX_REQUEST_BYTES} bytes refused"),
-            }
+            tracing::warn!(
+                limit = MAX_REQUEST_BYTES,
+                "oversized request on the control socket refused"
+            );
+            too_large()
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(request) => handle(request, shared).await,

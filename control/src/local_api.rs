@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::api::{ApiRequest, ApiResponse};
@@ -16,6 +16,45 @@ use crate::node::runtime::{InitOptions, Initialized, JoinOptions, MembershipView
 /// Longest request line meshd reads; anything longer is refused without being parsed.
 /// Room for a secret of `secrets::MAX_SIZE` bytes, base64-encoded, and its metadata.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// What [`read_request_line`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestLine {
+    /// The client closed the connection.
+    Closed,
+    /// A line of at most [`MAX_REQUEST_BYTES`] (its newline included, if it had one).
+    Request,
+    /// A line longer than that: refused after reading `MAX_REQUEST_BYTES + 1` bytes of it.
+    TooLarge,
+}
+
+/// Reads one request line into `line` (cleared first), buffering at most
+/// `MAX_REQUEST_BYTES + 1` bytes however long the line is: the rest stays unread.
+pub async fn read_request_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<RequestLine> {
+    line.clear();
+    let n = reader
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_until(b'\n', line)
+        .await?;
+    Ok(match n {
+        0 => RequestLine::Closed,
+        _ if line.len() > MAX_REQUEST_BYTES => RequestLine::TooLarge,
+        _ => RequestLine::Request,
+    })
+}
+
+/// The refusal of a request line over [`MAX_REQUEST_BYTES`].
+pub fn too_large() -> Response {
+    Response::Error {
+        message: format!(
+            "request larger than {MAX_REQUEST_BYTES} bytes refused; send less (a secret or \
+             config holds at most 500 KiB)"
+        ),
+    }
+}
 
 /// A request to the local meshd.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,19 +170,16 @@ pub async fn call_with_timeout(
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
     let answer = async {
-        write
-            .write_all(line.as_bytes())
-            .await
-            .map_err(|e| exchange(e.to_string()))?;
+        // meshd answers a request it refuses (too large) before it has read all of it, then
+        // closes: a failed write still leaves its answer to read, which says why.
+        let written = write.write_all(line.as_bytes()).await;
         let mut reply = String::new();
-        BufReader::new(read)
-            .read_line(&mut reply)
-            .await
-            .map_err(|e| exchange(e.to_string()))?;
+        let read = BufReader::new(read).read_line(&mut reply).await;
         if reply.is_empty() {
-            return Err(exchange(
-                "meshd closed the connection without answering".into(),
-            ));
+            return Err(exchange(match (written, read) {
+                (Err(e), _) | (Ok(()), Err(e)) => e.to_string(),
+                (Ok(()), Ok(_)) => "meshd closed the connection without answering".into(),
+            }));
         }
         serde_json::from_str(&reply).map_err(|e| exchange(format!("unreadable answer: {e}")))
     };
@@ -178,5 +214,56 @@ mod tests {
     #[test]
     fn unknown_ops_do_not_parse() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_refused_without_reading_it_all() {
+        let mut input = vec![b'x'; 3 * MAX_REQUEST_BYTES];
+        input.push(b'\n');
+        input.extend_from_slice(b"{}\n");
+        let mut reader = BufReader::new(&input[..]);
+        let mut line = Vec::new();
+        let got = read_request_line(&mut reader, &mut line).await.unwrap();
+        assert_eq!(got, RequestLine::TooLarge);
+        assert_eq!(line.len(), MAX_REQUEST_BYTES + 1);
+        // A line at the limit is a request; the end is a close.
+        let mut input = vec![b'x'; MAX_REQUEST_BYTES - 1];
+        input.push(b'\n');
+        let mut reader = BufReader::new(&input[..]);
+        let got = read_request_line(&mut reader, &mut line).await.unwrap();
+        assert_eq!((got, line.len()), (RequestLine::Request, MAX_REQUEST_BYTES));
+        let got = read_request_line(&mut reader, &mut line).await.unwrap();
+        assert_eq!(got, RequestLine::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_client_reports_meshds_refusal_of_an_oversized_request() {
+        // A server that refuses as meshd does: answer after MAX_REQUEST_BYTES + 1, close.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshd.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = Vec::new();
+            let got = read_request_line(&mut BufReader::new(read), &mut line).await;
+            assert_eq!(got.unwrap(), RequestLine::TooLarge);
+            let mut out = serde_json::to_string(&too_large()).unwrap();
+            out.push('\n');
+            write.write_all(out.as_bytes()).await.unwrap();
+        });
+        let request = Request::Cluster {
+            request: ApiRequest::NodeInspect {
+                node: "x".repeat(4 * MAX_REQUEST_BYTES),
+            },
+        };
+        let err = call_with_timeout(&path, &request, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(
+            matches!(&err, ClientError::Refused(m) if m.contains("larger than")),
+            "{err}"
+        );
     }
 }

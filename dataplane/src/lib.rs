@@ -13,3 +13,4 @@ pub mod guard;
 pub mod lb;
 pub mod overlay;
 pub mod probe;
+pub mod ratelimit;

@@ -24,7 +24,9 @@
 #define LB_DROP_CSUM_FAIL 15     /* a checksum or store helper failed */
 #define LB_DROP_BAD_INNER 16     /* mesh VXLAN whose inner frame is not IPv4 TCP/UDP/ICMP */
 #define LB_DROP_UNKNOWN_LEG 17   /* lb_reply on an interface the legs map lacks */
-#define LB_DROP_MAX 18
+#define LB_DROP_BAD_IP 18        /* IPv4 header not version 4, or total length below the header or past the frame */
+#define LB_DROP_BAD_L4 19        /* TCP data offset below 5 or past the packet; UDP length below 8 or past it */
+#define LB_DROP_MAX 20
 
 /* Forwarding outcomes. */
 #define LB_FWD_LOCAL 0          /* delivered to a local backend through its leg */

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use dataplane::dns::{DnsServer, Records, Upstream, Zone, ZoneHandle, EMBEDDED_DNS_ADDR};
+use dataplane::dns::{DnsServer, DnsStats, Records, Upstream, Zone, ZoneHandle, EMBEDDED_DNS_ADDR};
 
 use super::zone::records;
 use super::SeenEndpoint;
@@ -16,10 +17,40 @@ use crate::rpc::messages::Assignments;
 /// as is, instead of trying search domains first.
 const RESOLV_CONF: &str = "nameserver 127.0.0.11\noptions ndots:0\n";
 
+/// How often a task's server's rate-limit counter is looked at for the log.
+const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// One task's server and the networks it sees.
 struct TaskDns {
-    _server: DnsServer,
+    server: DnsServer,
     networks: Vec<String>,
+    /// Logs the queries its rate limit drops; aborted with the server.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TaskDns {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// Logs, at most every [`LIMIT_LOG_INTERVAL`], how many of a task's queries its server dropped
+/// for going over the per-client rate: a flooding task shows in meshd's log, once per interval.
+async fn log_rate_limited(task_id: String, stats: DnsStats) {
+    let mut logged = 0;
+    loop {
+        tokio::time::sleep(LIMIT_LOG_INTERVAL).await;
+        let limited = stats.rate_limited();
+        if limited > logged {
+            tracing::warn!(
+                task = %task_id,
+                dropped = limited - logged,
+                total = limited,
+                "DNS queries over the per-client rate dropped (a task flooding its DNS server)"
+            );
+            logged = limited;
+        }
+    }
 }
 
 /// A zone shared by every task on one set of networks, with the records it was built from.
@@ -72,11 +103,13 @@ impl TaskServers {
             DnsServer::start_in_netns(netns, EMBEDDED_DNS_ADDR, handle, Arc::clone(&self.upstream))
                 .await
                 .map_err(|e| format!("starting the task's DNS server: {e}"))?;
+        let watcher = tokio::spawn(log_rate_limited(task_id.to_string(), server.stats()));
         self.servers.lock().expect("dns lock").insert(
             task_id.to_string(),
             TaskDns {
-                _server: server,
+                server,
                 networks,
+                watcher,
             },
         );
         Ok(file)
@@ -86,6 +119,10 @@ impl TaskServers {
     pub(super) fn stop(&self, task_id: &str) {
         let removed = self.servers.lock().expect("dns lock").remove(task_id);
         if let Some(task) = removed {
+            let limited = task.server.rate_limited();
+            if limited > 0 {
+                tracing::info!(task = %task_id, limited, "task's DNS server stopped; queries it dropped over the rate");
+            }
             let in_use = self
                 .servers
                 .lock()

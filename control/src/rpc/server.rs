@@ -60,12 +60,22 @@ pub async fn serve<H: Handler>(listener: TcpListener, tls: Arc<ServerConfig>, ha
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(peer_identity);
+            // A peer without a certificate may only ask to join: small frames only.
+            let limit = if peer.is_some() {
+                frame::MAX_FRAME
+            } else {
+                frame::MAX_UNAUTHENTICATED_FRAME
+            };
             loop {
-                let request: Request = match frame::read(&mut tls).await {
+                let request: Request = match frame::read_limited(&mut tls, limit).await {
                     Ok(Some(request)) => request,
                     Ok(None) => return,
                     Err(err) => {
-                        tracing::debug!(%remote, error = %err, "reading a request");
+                        if matches!(err, frame::FrameError::TooLarge { .. }) {
+                            tracing::warn!(%remote, error = %err, "oversized request refused");
+                        } else {
+                            tracing::debug!(%remote, error = %err, "reading a request");
+                        }
                         let _ = frame::write(
                             &mut tls,
                             &Response::Refused(format!("unreadable request: {err}")),

@@ -4,6 +4,7 @@
 //! binary always carries the programs it was built with. Each program gets a module that loads
 //! it once, turns its maps into typed handles and exposes what userspace reads or writes.
 
+pub mod test_run;
 pub mod traffic_stats;
 
 use thiserror::Error;

@@ -21,6 +21,9 @@
 //!   `hickory_proto` message.
 //! - **Forwarding** (`forward`): names outside the zone. The raw query is relayed with a fresh ID.
 //!
+//! Each client address gets a token bucket ([`limit`]): queries over its rate are dropped and
+//! counted ([`DnsServer::rate_limited`]), so a flooding client cannot starve the others.
+//!
 //! Malformed queries get FORMERR or NOTIMP when their header can be read, and are dropped
 //! otherwise (`wire` says which case is which). Messages that claim to be responses are always
 //! dropped: answering them could start an endless exchange between two servers.
@@ -29,6 +32,7 @@ mod answer;
 mod client;
 mod error;
 mod forward;
+pub mod limit;
 mod server;
 mod slow;
 mod tcp;
@@ -42,7 +46,7 @@ mod tests;
 pub use client::{query_a_in, QueryError};
 pub use error::DnsError;
 pub use forward::Upstream;
-pub use server::DnsServer;
+pub use server::{DnsServer, DnsStats};
 pub use zone::{Records, Srv, Zone, ZoneHandle};
 
 /// The address Docker gives its embedded DNS server, which task `resolv.conf` files name.

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::error::DnsError;
 use super::forward::{Forwarder, Upstream, UpstreamSockets};
+use super::limit::QueryLimit;
 use super::zone::ZoneHandle;
 use super::{tcp, udp};
 use crate::overlay::netns::Netns;
@@ -26,6 +27,20 @@ const PORT_ATTEMPTS: usize = 8;
 pub struct DnsServer {
     local_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    limit: Arc<QueryLimit>,
+}
+
+/// A server's counters, readable from another task.
+#[derive(Clone, Debug)]
+pub struct DnsStats {
+    limit: Arc<QueryLimit>,
+}
+
+impl DnsStats {
+    /// Queries dropped so far because their client went over its rate.
+    pub fn rate_limited(&self) -> u64 {
+        self.limit.limited()
+    }
 }
 
 /// What a server binds before it runs.
@@ -78,6 +93,19 @@ impl DnsServer {
         Self::serve(bound, zone, upstream)
     }
 
+    /// Queries dropped so far because their client went over its rate (see [`super::limit`]).
+    pub fn rate_limited(&self) -> u64 {
+        self.limit.limited()
+    }
+
+    /// A handle on the server's counters that outlives no server state but may be read from
+    /// elsewhere (a task that logs them).
+    pub fn stats(&self) -> DnsStats {
+        DnsStats {
+            limit: Arc::clone(&self.limit),
+        }
+    }
+
     /// The address served (the port chosen when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -97,15 +125,26 @@ impl DnsServer {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
+        let limit = Arc::new(QueryLimit::new());
         for _ in 0..workers {
             tasks.push(tokio::spawn(udp::worker(
                 Arc::clone(&udp),
                 zone.clone(),
                 Arc::clone(&forwarder),
+                Arc::clone(&limit),
             )));
         }
-        tasks.push(tokio::spawn(tcp::serve(tcp, zone, forwarder)));
-        Ok(DnsServer { local_addr, tasks })
+        tasks.push(tokio::spawn(tcp::serve(
+            tcp,
+            zone,
+            forwarder,
+            Arc::clone(&limit),
+        )));
+        Ok(DnsServer {
+            local_addr,
+            tasks,
+            limit,
+        })
     }
 }
 

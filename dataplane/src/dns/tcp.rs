@@ -2,6 +2,7 @@
 //! Everything is bounded: connections at once, the size of a query, and how long a connection
 //! may sit idle or take to read a reply.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio::time::timeout;
 
 use super::answer::{self, Action, Responder, Transport};
 use super::forward::Forwarder;
+use super::limit::QueryLimit;
 use super::zone::ZoneHandle;
 
 /// Connections served at once per server; more are closed as soon as accepted.
@@ -24,14 +26,19 @@ pub const MAX_QUERY: usize = 4096;
 
 /// Accepts connections until aborted; connections are tasks of this loop, so aborting it
 /// closes them too.
-pub async fn serve(listener: TcpListener, zone: ZoneHandle, forwarder: Arc<Forwarder>) {
+pub async fn serve(
+    listener: TcpListener,
+    zone: ZoneHandle,
+    forwarder: Arc<Forwarder>,
+    limit: Arc<QueryLimit>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
         let accepted = listener.accept().await;
         while connections.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             // Out of descriptors, say: wait instead of spinning.
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -46,16 +53,20 @@ pub async fn serve(listener: TcpListener, zone: ZoneHandle, forwarder: Arc<Forwa
             stream,
             zone.clone(),
             Arc::clone(&forwarder),
+            (Arc::clone(&limit), peer.ip()),
             permit,
         ));
     }
 }
 
-/// Serves one connection until the client closes it, stalls, or sends something we drop.
+/// Serves one connection until the client closes it, stalls, sends something we drop, or
+/// goes over its rate (the connection is closed: dropping a query would leave the client
+/// waiting on an answer that comes in order).
 async fn connection(
     mut stream: TcpStream,
     zone: ZoneHandle,
     forwarder: Arc<Forwarder>,
+    (limit, peer): (Arc<QueryLimit>, IpAddr),
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
@@ -79,6 +90,9 @@ async fn connection(
             timeout(IDLE_TIMEOUT, stream.read_exact(&mut query)).await,
             Ok(Ok(_))
         ) {
+            return;
+        }
+        if !limit.allow(peer) {
             return;
         }
         let action = responder.respond(&zone.get(), &query, Transport::Tcp, false, &mut out);

@@ -419,3 +419,72 @@ async fn a_server_in_a_task_namespace_answers_on_127_0_0_11() {
     assert!(matches!(err, DnsError::Namespace { .. }), "{err}");
     drop(server);
 }
+
+/// Floods the server from one socket (a tight loop of `count` queries for a zone name) while
+/// a reader counts the answers; returns (sent, answered) once answers stop coming.
+fn flood(server: SocketAddr, count: usize) -> (usize, usize) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let reader = socket.try_clone().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let mut answered = 0;
+        while reader.recv_from(&mut buf).is_ok() {
+            answered += 1;
+        }
+        answered
+    });
+    let packet = query("web", TYPE_A, None);
+    let sent = (0..count)
+        .filter(|_| socket.send_to(&packet, server).is_ok())
+        .count();
+    (sent, counter.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_rate_limited_while_another_is_served() {
+    use super::limit::{BURST, QUERIES_PER_SEC};
+    let (server, _zone) = server(Upstream::none()).await;
+    let addr = server.local_addr();
+    let start = Instant::now();
+    let flooder = tokio::task::spawn_blocking(move || flood(addr, 30_000));
+    // A second client, from another address, asks a few questions meanwhile, with a stub's
+    // retries: every one is answered.
+    let polite = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let mut answered = 0;
+    for _ in 0..20 {
+        for _try in 0..3 {
+            polite
+                .send_to(&query("web", TYPE_A, None), addr)
+                .await
+                .unwrap();
+            let mut buf = [0u8; 1500];
+            let got = tokio::time::timeout(Duration::from_secs(1), polite.recv_from(&mut buf));
+            if matches!(got.await, Ok(Ok(_))) {
+                answered += 1;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (sent, flood_answered) = flooder.await.unwrap();
+    // The flooder gets at most its burst plus its rate over the time it flooded (an upper
+    // bound, whatever the machine's speed); the rest are dropped and counted.
+    let allowed = BURST + QUERIES_PER_SEC * start.elapsed().as_secs_f64();
+    let limited = server.rate_limited();
+    eprintln!(
+        "flood: {sent} sent, {flood_answered} answered, {limited} limited (allowed at most \
+         {allowed:.0}); second client: {answered} of 20 answered"
+    );
+    assert_eq!(answered, 20, "the second client lost queries");
+    assert!(
+        flood_answered as f64 <= allowed.ceil(),
+        "{flood_answered} of {sent} flood queries answered; at most {allowed} allowed"
+    );
+    assert!(
+        limited > 0 && flood_answered as u64 + limited <= sent as u64,
+        "{limited} counted as limited, {flood_answered} answered, {sent} sent"
+    );
+}

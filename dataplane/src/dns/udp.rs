@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use super::answer::{self, Action, Responder, Transport};
 use super::forward::Forwarder;
+use super::limit::QueryLimit;
 use super::zone::ZoneHandle;
 
 /// Datagrams read (and replies written) per syscall.
@@ -87,8 +88,15 @@ impl Batch {
 
 /// Serves queries from `socket` until aborted. Forwarded queries run as tasks of this worker,
 /// so aborting it stops them too.
-pub async fn worker(socket: Arc<UdpSocket>, zone: ZoneHandle, forwarder: Arc<Forwarder>) {
+pub async fn worker(
+    socket: Arc<UdpSocket>,
+    zone: ZoneHandle,
+    forwarder: Arc<Forwarder>,
+    limit: Arc<QueryLimit>,
+) {
     let mut batch = Batch::new();
+    let mut sources = [None; BATCH];
+    let mut allowed = [false; BATCH];
     let mut responder = Responder::new(forwarder.enabled());
     let mut forwards = JoinSet::new();
     let mut ready = Vec::with_capacity(BATCH);
@@ -112,7 +120,14 @@ pub async fn worker(socket: Arc<UdpSocket>, zone: ZoneHandle, forwarder: Arc<For
         // Loaded after the read: a query sent after `ZoneHandle::set` returned sees the new zone.
         let zone = zone.get();
         ready.clear();
-        for slot in 0..count {
+        for (source, peer) in sources.iter_mut().zip(&batch.peer_addrs).take(count) {
+            *source = peer.map(|p| p.ip());
+        }
+        limit.allow_batch(&sources[..count], &mut allowed[..count]);
+        for (slot, &allowed) in allowed.iter().enumerate().take(count) {
+            if !allowed {
+                continue; // over its client's rate: dropped, counted by the limit
+            }
             let packet = &batch.queries[slot][..batch.lens[slot]];
             let out = &mut batch.replies[slot];
             match responder.respond(&zone, packet, Transport::Udp, batch.oversized[slot], out) {

@@ -41,11 +41,16 @@ use super::wire::{
     VXLAN_HEADER_LEN,
 };
 use crate::overlay::netns::Netns;
+use crate::ratelimit::{Rate, TokenBucket};
 
 /// Replies per second at most, sustained (each is at most the size of its request).
 pub const MAX_REPLIES_PER_SEC: f64 = 1000.0;
 /// Replies in a burst above the rate.
 const BURST: f64 = 100.0;
+const RATE: Rate = Rate {
+    per_sec: MAX_REPLIES_PER_SEC,
+    burst: BURST,
+};
 /// `ETH_P_ALL`: every protocol.
 const ETH_P_ALL: u16 = 0x0003;
 /// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h, not in the libc crate).
@@ -132,7 +137,7 @@ impl ProbeResponder {
             port: data_path_port,
             allowed,
             counters: Arc::clone(&counters),
-            limit: RateLimit::new(Instant::now()),
+            limit: TokenBucket::new(RATE, Instant::now()),
             ident: 0,
         };
         let thread = std::thread::Builder::new()
@@ -227,7 +232,7 @@ struct Responder {
     port: u16,
     allowed: AllowedSenders,
     counters: Arc<Counters>,
-    limit: RateLimit,
+    limit: TokenBucket,
     ident: u16,
 }
 
@@ -280,7 +285,7 @@ impl Responder {
             self.counters.not_allowed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if !self.limit.allow(Instant::now()) {
+        if !self.limit.allow(RATE, Instant::now()) {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -351,33 +356,6 @@ fn build_reply(request: &Request, me: Ipv4Addr, port: u16, ident: u16) -> Vec<u8
     debug_assert_eq!(reply.to_payload(size).len() + IP_UDP_OVERHEAD, size);
     // At most the request's size, which fit in an IPv4 packet.
     build_ipv4_udp(&ends, ident, &reply.to_payload(size)).unwrap_or_default()
-}
-
-/// A token bucket.
-#[derive(Debug)]
-struct RateLimit {
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(now: Instant) -> RateLimit {
-        RateLimit {
-            tokens: BURST,
-            last: now,
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * MAX_REPLIES_PER_SEC).min(BURST);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return true;
-        }
-        false
-    }
 }
 
 #[cfg(test)]
@@ -478,12 +456,12 @@ mod tests {
     #[test]
     fn the_rate_is_limited_after_a_burst() {
         let t0 = Instant::now();
-        let mut limit = RateLimit::new(t0);
-        let allowed = (0..1000).filter(|_| limit.allow(t0)).count();
+        let mut limit = TokenBucket::new(RATE, t0);
+        let allowed = (0..1000).filter(|_| limit.allow(RATE, t0)).count();
         assert_eq!(allowed, BURST as usize);
         // 10 ms later, 10 more.
         let t1 = t0 + Duration::from_millis(10);
-        let allowed = (0..1000).filter(|_| limit.allow(t1)).count();
+        let allowed = (0..1000).filter(|_| limit.allow(RATE, t1)).count();
         assert_eq!(allowed, 10);
     }
 }

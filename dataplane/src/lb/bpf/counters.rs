@@ -2,7 +2,7 @@
 //! (a unit test checks the two agree), and their names as `meshctl` prints them.
 
 /// Drop reasons, in code order: `LB_DROPS[code]`. Never renumber; add at the end.
-pub const DROP_REASONS: [&str; 18] = [
+pub const DROP_REASONS: [&str; 20] = [
     "truncated-eth",
     "truncated-ip",
     "bad-ihl",
@@ -21,6 +21,8 @@ pub const DROP_REASONS: [&str; 18] = [
     "csum-fail",
     "bad-inner",
     "unknown-leg",
+    "bad-ip",
+    "bad-l4",
 ];
 
 /// Forwarding outcomes, in code order: `LB_FORWARDS[code]`.

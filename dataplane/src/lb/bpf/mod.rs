@@ -44,6 +44,7 @@
 
 mod counters;
 mod ids;
+mod inspect;
 pub mod maps;
 mod plan;
 mod sys;
@@ -60,6 +61,7 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
 pub use counters::{DROP_REASONS, FORWARD_OUTCOMES};
+pub use inspect::MapState;
 
 use self::ids::BackendIds;
 use self::maps::{BackendValue, Config, LegValue, ServiceKey, ServiceValue, MAGLEV_SIZE};
