@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::local_api::{DaemonStatus, Request, Response, MAX_REQUEST_BYTES};
+use crate::local_api::{decode_request, DaemonStatus, Request, Response, MAX_REQUEST_BYTES};
 use crate::manager::ManagerSettings;
 use crate::node::runtime::{ClusterNode, NodeSettings};
 
@@ -218,19 +218,9 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
             return Ok(());
         }
         let oversized = line.len() > MAX_REQUEST_BYTES;
-        let response = if oversized {
-            Response::Error {
-                message: format!("request larger than {MAX_REQUEST_BYTES} bytes refused"),
-            }
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => handle(request, shared).await,
-                Err(err) => Response::Error {
-                    message: format!(
-                        "malformed request ({err}); is meshctl the same version as meshd?"
-                    ),
-                },
-            }
+        let response = match decode_request(&line) {
+            Ok(request) => handle(request, shared).await,
+            Err(message) => Response::Error { message },
         };
         let mut out = serde_json::to_string(&response).expect("responses serialize");
         out.push('\n');

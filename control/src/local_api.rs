@@ -94,6 +94,18 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Decodes one request line as meshd reads it: at most `MAX_REQUEST_BYTES + 1` bytes, the
+/// newline included when there is one. Err holds why it is refused, for a `Response::Error`.
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request larger than {MAX_REQUEST_BYTES} bytes refused"
+        ));
+    }
+    serde_json::from_slice(line)
+        .map_err(|err| format!("malformed request ({err}); is meshctl the same version as meshd?"))
+}
+
 /// Sends one request and reads one response, waiting up to 10 s.
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     call_with_timeout(socket, request, Duration::from_secs(10)).await
@@ -166,5 +178,23 @@ mod tests {
     #[test]
     fn unknown_ops_do_not_parse() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn request_lines_decode_or_are_refused_with_a_reason() {
+        assert_eq!(
+            decode_request(b"{\"op\":\"status\"}\n"),
+            Ok(Request::Status)
+        );
+        let Err(message) = decode_request(b"{\"op\":") else {
+            panic!("a cut line decoded");
+        };
+        assert!(message.starts_with("malformed request"), "{message}");
+        let mut long = b"{\"op\":\"status\"}".to_vec();
+        long.resize(MAX_REQUEST_BYTES + 1, b' ');
+        let Err(message) = decode_request(&long) else {
+            panic!("an oversized line decoded");
+        };
+        assert!(message.contains("larger than"), "{message}");
     }
 }
