@@ -30,6 +30,12 @@ echo "== bench smoke (mesh-bench --quick)"
 timeout --signal=KILL 900 target/debug/mesh-bench --quick
 bench_status=$?
 [ "$bench_status" -eq 0 ] || status=1
+
+# Every fuzz target for a few seconds from its seeds: parsers of hostile input never rot.
+echo "== fuzz smoke (scripts/fuzz.sh --quick)"
+timeout --signal=KILL 1200 bash scripts/fuzz.sh --quick
+fuzz_status=$?
+[ "$fuzz_status" -eq 0 ] || status=1
 set -e
 
 # One closing line for the whole suite, summed over every test binary.

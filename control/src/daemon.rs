@@ -16,7 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::local_api::{
-    read_request_line, too_large, DaemonStatus, Request, RequestLine, Response, MAX_REQUEST_BYTES,
+    decode_request, read_request_line, DaemonStatus, Request, RequestLine, Response,
+    MAX_REQUEST_BYTES,
 };
 use crate::manager::ManagerSettings;
 use crate::node::runtime::{ClusterNode, NodeSettings};
@@ -217,21 +218,15 @@ async fn serve(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
             RequestLine::TooLarge => true,
             RequestLine::Request => false,
         };
-        let response = if oversized {
+        if oversized {
             tracing::warn!(
                 limit = MAX_REQUEST_BYTES,
                 "oversized request on the control socket refused"
             );
-            too_large()
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => handle(request, shared).await,
-                Err(err) => Response::Error {
-                    message: format!(
-                        "malformed request ({err}); is meshctl the same version as meshd?"
-                    ),
-                },
-            }
+        }
+        let response = match decode_request(&line) {
+            Ok(request) => handle(request, shared).await,
+            Err(message) => Response::Error { message },
         };
         let mut out = serde_json::to_string(&response).expect("responses serialize");
         out.push('\n');

@@ -49,11 +49,15 @@ pub async fn read_request_line<R: AsyncBufRead + Unpin>(
 /// The refusal of a request line over [`MAX_REQUEST_BYTES`].
 pub fn too_large() -> Response {
     Response::Error {
-        message: format!(
-            "request larger than {MAX_REQUEST_BYTES} bytes refused; send less (a secret or \
-             config holds at most 500 KiB)"
-        ),
+        message: too_large_message(),
     }
+}
+
+fn too_large_message() -> String {
+    format!(
+        "request larger than {MAX_REQUEST_BYTES} bytes refused; send less (a secret or config \
+         holds at most 500 KiB)"
+    )
 }
 
 /// A request to the local meshd.
@@ -143,6 +147,16 @@ pub enum ClientError {
     /// meshd refused the request.
     #[error("meshd: {0}")]
     Refused(String),
+}
+
+/// Decodes one request line as meshd reads it: at most `MAX_REQUEST_BYTES + 1` bytes, the
+/// newline included when there is one. Err holds why it is refused, for a `Response::Error`.
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(too_large_message());
+    }
+    serde_json::from_slice(line)
+        .map_err(|err| format!("malformed request ({err}); is meshctl the same version as meshd?"))
 }
 
 /// Sends one request and reads one response, waiting up to 10 s.
@@ -265,5 +279,23 @@ mod tests {
             matches!(&err, ClientError::Refused(m) if m.contains("larger than")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn request_lines_decode_or_are_refused_with_a_reason() {
+        assert_eq!(
+            decode_request(b"{\"op\":\"status\"}\n"),
+            Ok(Request::Status)
+        );
+        let Err(message) = decode_request(b"{\"op\":") else {
+            panic!("a cut line decoded");
+        };
+        assert!(message.starts_with("malformed request"), "{message}");
+        let mut long = b"{\"op\":\"status\"}".to_vec();
+        long.resize(MAX_REQUEST_BYTES + 1, b' ');
+        let Err(message) = decode_request(&long) else {
+            panic!("an oversized line decoded");
+        };
+        assert!(message.contains("larger than"), "{message}");
     }
 }

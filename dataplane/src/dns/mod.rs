@@ -43,10 +43,13 @@ mod zone;
 #[cfg(test)]
 mod tests;
 
+// The pure answering step the UDP and TCP workers run, public for the fuzz targets.
+pub use answer::{Action, Responder, Transport, OUR_PAYLOAD, PLAIN_UDP_LIMIT, TCP_LIMIT};
 pub use client::{query_a_in, QueryError};
 pub use error::DnsError;
 pub use forward::Upstream;
 pub use server::{DnsServer, DnsStats};
+pub use wire::{EdnsInfo, Query};
 pub use zone::{Records, Srv, Zone, ZoneHandle};
 
 /// The address Docker gives its embedded DNS server, which task `resolv.conf` files name.

@@ -54,7 +54,10 @@ use std::time::Duration;
 pub use error::ProbeError;
 pub use mtu::{overlay_path_mtu, path_mtu};
 pub use prober::{ping_in, tcp_probe, vxlan_probe, ATTEMPTS};
-pub use responder::{AllowedSenders, ProbeResponder, ResponderStats, MAX_REPLIES_PER_SEC};
+pub use responder::{
+    build_reply, parse_request, AllowedSenders, ProbeResponder, Request as ProbeRequest,
+    ResponderStats, MAX_REPLIES_PER_SEC,
+};
 
 /// What a probe met.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -301,17 +301,19 @@ impl Responder {
 
 /// A valid request: where the reply goes, and what it asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Request {
+pub struct Request {
     /// The claimed sender and its UDP port.
-    from: (Ipv4Addr, u16),
+    pub from: (Ipv4Addr, u16),
     /// Its outer IPv4 length, reconstructed.
-    total_len: u16,
-    repr: ProbeRepr,
+    pub total_len: u16,
+    /// The probe itself.
+    pub repr: ProbeRepr,
 }
 
 /// The request in `captured` (a VXLAN header, then the start of an inner frame of
-/// `frame_len` bytes), or None when it is not one that can be answered.
-fn parse_request(captured: &[u8], frame_len: usize) -> Option<Request> {
+/// `frame_len` bytes), or None when it is not one that can be answered. Public, like
+/// `build_reply`, so the fuzz targets drive the responder's own parsing.
+pub fn parse_request(captured: &[u8], frame_len: usize) -> Option<Request> {
     let packet = ProbePacket::new_checked(captured).ok()?;
     let repr = ProbeRepr::parse(&packet).ok()?;
     let sender = repr.sender;
@@ -334,7 +336,7 @@ fn parse_request(captured: &[u8], frame_len: usize) -> Option<Request> {
 }
 
 /// The reply datagram: as large as asked, but never larger than the request.
-fn build_reply(request: &Request, me: Ipv4Addr, port: u16, ident: u16) -> Vec<u8> {
+pub fn build_reply(request: &Request, me: Ipv4Addr, port: u16, ident: u16) -> Vec<u8> {
     let size = usize::from(request.repr.reply_size)
         .min(usize::from(request.total_len))
         .max(MIN_PROBE_SIZE);
