@@ -49,6 +49,16 @@ fn ok(lab: &TestLab, args: &[&str]) -> String {
 }
 
 /// The lab with the service running two tasks on each worker, answering through every host.
+/// The scenarios count failed requests under load, so they run one at a time rather than
+/// loading each other's labs (cargo runs a file's tests in parallel).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SCENARIOS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed scenario poisons the lock; the next one is still valid.
+    SCENARIOS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn lab_with_web(tag: &str, lb_mode: Option<&str>) -> TestLab {
     let lab = TestLab::up(tag, |spec: &mut LabSpec| {
         spec.managers = 1;
@@ -262,6 +272,7 @@ fn mode_name(lb_mode: Option<&str>) -> &str {
 
 /// w3 loses power with two of the six tasks; load goes through the other hosts.
 fn host_killed(tag: &str, lb_mode: Option<&str>) {
+    let _alone = one_at_a_time();
     let mut lab = lab_with_web(tag, lb_mode);
     let mut run = Run::start(&lab, &SURVIVORS);
     std::thread::sleep(Duration::from_secs(2));
@@ -309,6 +320,7 @@ const REJOIN: Duration = Duration::from_secs(4);
 /// sees no serving task (REJOIN; a known gap, reported in the outcome); after that none may
 /// fail.
 fn partition_healed(tag: &str, lb_mode: Option<&str>) {
+    let _alone = one_at_a_time();
     let mut lab = lab_with_web(tag, lb_mode);
     let mut run = Run::start(&lab, &[SURVIVORS[0], SURVIVORS[1], SURVIVORS[2], VICTIM]);
     std::thread::sleep(Duration::from_secs(2));
@@ -401,6 +413,7 @@ const RESHOW: Duration = Duration::from_secs(1);
 /// 2 replaced tasks among the 8 backends then listed: a quarter, bounded at a half. Past that
 /// window no request may fail.
 fn meshd_restarted(tag: &str, lb_mode: Option<&str>) {
+    let _alone = one_at_a_time();
     let mut lab = lab_with_web(tag, lb_mode);
     let nftables = lb_mode == Some("nftables");
     let through: Vec<&'static str> = if nftables {
