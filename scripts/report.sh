@@ -28,6 +28,8 @@ status=0
 # script's exit status says so too.
 mapfile -t recording < <(grep -l 'report::verdict' netns-tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
 cargo test -p netns-tests --locked --no-fail-fast "${recording[@]/#/--test=}" || status=1
+# Malformed packets run through the loaded balancer programs with BPF_PROG_TEST_RUN.
+cargo test -p dataplane --locked --test lb_hostile || status=1
 bash scripts/fuzz.sh --seconds "$fuzz_seconds" || status=1
 
 report=docs/reliability.md

@@ -298,9 +298,15 @@ fn run_suite(hook: BpfHook, tag: &str) {
             "{hook:?}: the Maglev table changed"
         );
         for (class, (total, failed)) in &classes {
-            eprintln!(
-                "{hook:?} {class}: {} of {total} packets as intended",
+            let outcome = format!(
+                "{} of {total} packets as intended (verdict, output bytes, map state)",
                 total - failed
+            );
+            eprintln!("{hook:?} {class}: {outcome}");
+            packets::report(
+                &format!("malformed packets at lb_ingress ({hook:?}): {class}"),
+                *failed == 0,
+                &outcome,
             );
         }
         assert!(

@@ -159,3 +159,29 @@ pub fn vxlan_frame(flags: u32, vni: u32, inner: &[u8]) -> Vec<u8> {
     payload.extend_from_slice(inner);
     udp_frame(crate::HOST, VXLAN_PORT, 49152, &payload)
 }
+
+/// Appends one case to the reliability report when `$MESH_REPORT_DIR` is set, in the format of
+/// `netns_tests::report::verdict` (which this crate cannot depend on: netns-tests depends on it).
+pub fn report(case: &str, passed: bool, outcome: &str) {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os("MESH_REPORT_DIR") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "area": "hostile input",
+        "case": case,
+        "passed": passed,
+        "outcome": outcome,
+    });
+    let path = std::path::Path::new(&dir).join("hostile-input.jsonl");
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(format!("{line}\n").as_bytes())
+    });
+    if let Err(err) = written {
+        eprintln!("report: cannot append to {}: {err}", path.display());
+    }
+}
