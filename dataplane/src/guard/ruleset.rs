@@ -112,16 +112,10 @@ pub fn transaction(guard: &Guard) -> Nftables<'static> {
     }
 }
 
-/// The batch that deletes the table (and so everything in it). `add` first, so that a table
-/// already gone is not an error.
+/// The batch that deletes the table (and so everything in it); a table already gone is not
+/// an error.
 pub fn removal() -> Nftables<'static> {
-    Nftables {
-        objects: vec![
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
-        ]
-        .into(),
-    }
+    crate::lb::nft::ruleset::table_removal(table())
 }
 
 /// Members pass; anyone else's datagram to the port is counted and dropped.

@@ -372,13 +372,17 @@ pub fn transaction(next: &Ruleset, previous: Option<&Ruleset>) -> Nftables<'stat
     }
 }
 
-/// The batch that deletes the table (and so everything in it). `add` first, so that a table
-/// already gone is not an error.
+/// The batch that deletes the table (and so everything in it).
 pub fn removal() -> Nftables<'static> {
+    table_removal(table())
+}
+
+/// The batch that deletes `table`. `add` first, so that a table already gone is not an error.
+pub(crate) fn table_removal(table: schema::Table<'static>) -> Nftables<'static> {
     Nftables {
         objects: vec![
-            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
+            NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table.clone()))),
+            NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table))),
         ]
         .into(),
     }
