@@ -10,6 +10,8 @@ packages=(
   iproute2 nftables iptables ethtool iputils-ping netcat-openbsd tcpdump procps kmod bind9-dnsutils
   # the quickstart reads meshctl's JSON, and fetches pages inside tasks' namespaces
   jq wget util-linux
+  # the security and hostile-input tests inspect certificates and speak TLS by hand
+  openssl
   # task runtimes and the registry-free test image
   containerd runc busybox-static
   # benchmark baselines and load generators
