@@ -320,6 +320,8 @@ impl BpfBalancer {
                 e,
             )
         })?;
+        // Named after the process, so a previous run's pin can stay while this one's is made.
+        let ingress_pin = format!("{}-{}", pins::INGRESS, std::process::id());
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
@@ -347,10 +349,9 @@ impl BpfBalancer {
                     INGRESS_TC,
                     underlay_if,
                 ))?;
-                // tcx runs programs in a row: a previous run's program goes once this one is
-                // behind it, so no packet goes unbalanced (see `pins`).
-                pins::remove(&pin_dir, pins::INGRESS);
-                pin_link(link, &pin_dir, pins::INGRESS, INGRESS_TC, underlay_if)?
+                // tcx runs programs in a row: a previous run's program keeps balancing, ahead of
+                // this one, until the first `apply` has filled this one's maps (see `pins`).
+                pin_link(link, &pin_dir, &ingress_pin, INGRESS_TC, underlay_if)?
             }
             BpfHook::Xdp => {
                 let pass = xdp_program(&mut ebpf, PEER_PASS)?;
@@ -361,7 +362,9 @@ impl BpfBalancer {
                     .load()
                     .map_err(program_error("loading", INGRESS_XDP, underlay_if))?;
                 // A device takes one XDP link: a previous run's goes right before.
-                pins::remove(&pin_dir, pins::INGRESS);
+                for name in pins::names(&pin_dir, pins::INGRESS) {
+                    pins::remove(&pin_dir, &name);
+                }
                 let id = program
                     .attach(underlay_if, XdpMode::Driver)
                     .map_err(program_error("attaching", INGRESS_XDP, underlay_if))?;
@@ -370,7 +373,7 @@ impl BpfBalancer {
                     INGRESS_XDP,
                     underlay_if,
                 ))?;
-                pin_link(link, &pin_dir, pins::INGRESS, INGRESS_XDP, underlay_if)?
+                pin_link(link, &pin_dir, &ingress_pin, INGRESS_XDP, underlay_if)?
             }
         };
         Ok(BpfBalancer {
@@ -382,7 +385,7 @@ impl BpfBalancer {
             host_ns,
             stale_pins: pins::names(&pin_dir, "")
                 .into_iter()
-                .filter(|n| n != pins::INGRESS)
+                .filter(|n| *n != ingress_pin)
                 .collect(),
             pin_dir,
             ingress: Some(ingress),
@@ -433,6 +436,17 @@ impl BpfBalancer {
         })?;
         self.write_config(desired)?;
         self.write_maps(plan)?;
+        // This run's program has its tables now: a previous run's, ahead of it, can go.
+        let old: Vec<String> = self
+            .stale_pins
+            .iter()
+            .filter(|n| n.starts_with(pins::INGRESS))
+            .cloned()
+            .collect();
+        for name in old {
+            self.stale_pins.remove(&name);
+            pins::remove(&self.pin_dir, &name);
+        }
         self.sync_legs(&leg_indexes)?;
         if self.hook == BpfHook::Xdp {
             self.prime_neighbours(desired);
@@ -759,7 +773,7 @@ pub fn remove_leftovers(overlay_dir: &Path) {
     pins::clear(&pins::dir(overlay_dir));
 }
 
-/// A clean stop (SIGTERM, leaving the cluster, a mode change) detaches everything, as before
+/// Dropping the balancer (meshd's clean stop on SIGTERM) detaches everything, as before
 /// pinning: a meshd that is stopped on purpose takes its data path with it, and unmounts its
 /// bpffs. Only a meshd that dies leaves the pins, and the data path, behind.
 impl Drop for BpfBalancer {

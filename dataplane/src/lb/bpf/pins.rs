@@ -2,9 +2,9 @@
 //! it (and the maps its program holds) when meshd dies, and the routing mesh keeps forwarding
 //! while meshd is down.
 //!
-//! A starting balancer replaces what a previous run left: it unpins and detaches the old link
-//! of a hook right before attaching the new one, so the gap is one attach and programs never
-//! stack (a second XDP link on a device fails with EBUSY). The old maps go with the old
+//! A starting balancer replaces what a previous run left, so programs never stack: at tcx the
+//! old link goes once the new program, queued behind it, has its tables (the first `apply`); at
+//! XDP, where a device takes one link (a second fails with EBUSY), right before the new attach. The old maps go with the old
 //! programs: the flow LRU is not carried over, which is acceptable because Maglev picks the same
 //! backend for a flow as long as the backend set is the same, and the restarted meshd writes
 //! the same backend set it had.
@@ -122,5 +122,5 @@ pub fn peer_name(network: &str) -> String {
     format!("peer-{network}")
 }
 
-/// The name of the underlay's pinned `lb_ingress` link.
+/// The prefix of the underlay's pinned `lb_ingress` link (then `-<pid>`).
 pub const INGRESS: &str = "ingress";
