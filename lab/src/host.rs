@@ -75,6 +75,10 @@ impl Lab {
             sys::del_netns(&nested)?;
         }
         sys::del_netns(&ns)?;
+        // meshd's bpffs (its pinned BPF links) is kernel state too: a reboot loses it.
+        for mount in sys::mounts_of_type_under(&HostFiles::new(&lab, &host).dir, Some("bpf")) {
+            sys::unmount(&mount)?;
+        }
         let record = &mut self.state.hosts[index];
         record.power = Power::Off;
         record.daemon_pid = None;

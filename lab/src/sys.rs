@@ -369,12 +369,21 @@ pub fn is_root() -> bool {
 
 /// Mount points at or below `dir`, deepest first, so they can be unmounted in order.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mounts_of_type_under(dir, None)
+}
+
+/// Mount points at or below `dir` of filesystem type `fstype` (any when `None`), deepest first.
+pub fn mounts_of_type_under(dir: &Path, fstype: Option<&str>) -> Vec<PathBuf> {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
         return Vec::new();
     };
     let mut found: Vec<PathBuf> = mounts
         .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (path, kind) = (fields.next()?, fields.next()?);
+            fstype.is_none_or(|t| t == kind).then_some(path)
+        })
         .map(unescape_mount_path)
         .filter(|path| path.starts_with(dir))
         .collect();

@@ -146,12 +146,19 @@ impl Balancer {
         match self.mode {
             LbMode::Xdp => bpf(BpfHook::Xdp),
             LbMode::Tc => bpf(BpfHook::Tc),
-            LbMode::Nftables => NftBalancer::new(interface, &self.overlay_dir).map(Ingress::Nft),
+            LbMode::Nftables => self.nftables(interface),
             LbMode::Auto => bpf(BpfHook::preferred_for(interface)).or_else(|err| {
                 tracing::warn!(error = %err, "BPF cannot balance here; falling back to nftables");
-                NftBalancer::new(interface, &self.overlay_dir).map(Ingress::Nft)
+                self.nftables(interface)
             }),
         }
+    }
+
+    /// The nftables balancer, after detaching the BPF programs a previous run in a BPF mode
+    /// left pinned (they would see the packets first, with tables nobody updates).
+    fn nftables(&self, interface: &str) -> Result<Ingress, LbError> {
+        dataplane::lb::bpf::remove_leftovers(&self.overlay_dir);
+        NftBalancer::new(interface, &self.overlay_dir).map(Ingress::Nft)
     }
 
     /// The path, what is programmed, and the counters, for `meshctl diag lb`.

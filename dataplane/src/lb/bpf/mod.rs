@@ -5,7 +5,9 @@
 //! ingress) or XDP ([`BpfHook`]); `lb_reply` sits at TC ingress on every network's leg
 //! (`mg-<id>`, the host end of the veth whose other end, `gw0`, is the network namespace's
 //! default route); at XDP, `lb_peer_pass` sits on every `gw0`, since a veth delivers redirected
-//! frames only when its peer has an XDP program.
+//! frames only when its peer has an XDP program. Every link is pinned in a private bpffs under
+//! the overlay directory ([`pins`]), so the data path outlives a meshd that dies; dropping the
+//! balancer detaches and unpins everything.
 //!
 //! Userspace owns the tables, the program owns the flows:
 //! - `LB_CONFIG` (this host's address, underlay index, MAC and MTU, data-path port),
@@ -46,6 +48,7 @@ mod counters;
 mod ids;
 mod inspect;
 pub mod maps;
+mod pins;
 mod plan;
 mod sys;
 
@@ -55,8 +58,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
-use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::xdp::XdpLinkId;
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
@@ -132,20 +134,16 @@ impl BpfHook {
     }
 }
 
-/// The attachment of `lb_ingress` on the underlay.
-enum IngressLink {
-    Tc(SchedClassifierLinkId),
-    Xdp(XdpLinkId),
-}
-
 /// What is attached for one network's leg.
 struct LegLinks {
     /// mg-<id>'s index when attached (a recreated leg gets a new one).
     ifindex: u32,
+    /// The network's ID, which names its pins.
+    network: String,
     /// `lb_reply` on mg-<id>.
-    reply: Option<SchedClassifierLinkId>,
+    reply: Option<PinnedLink>,
     /// `lb_peer_pass` on gw0 (XDP hook only).
-    peer: Option<XdpLinkId>,
+    peer: Option<PinnedLink>,
 }
 
 /// The BPF ingress routing mesh of one host, attached for as long as this value lives.
@@ -156,7 +154,11 @@ pub struct BpfBalancer {
     underlay_mac: [u8; 6],
     overlay_dir: PathBuf,
     host_ns: Netns,
-    ingress: Option<IngressLink>,
+    /// The private bpffs the links are pinned in (see [`pins`]).
+    pin_dir: PathBuf,
+    /// Leg links a previous run pinned that this one has not replaced yet.
+    stale_pins: BTreeSet<String>,
+    ingress: Option<PinnedLink>,
     legs: BTreeMap<String, LegLinks>,
     config: Array<MapData, Config>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -205,6 +207,40 @@ fn program_error(
             source: Box::new(source),
         })
     }
+}
+
+/// Pins the link of an attachment at `pin_dir/name`: the kernel keeps it attached until the
+/// pin is removed, whatever happens to this process.
+fn pin_link<L>(
+    link: L,
+    pin_dir: &Path,
+    name: &str,
+    program: &'static str,
+    interface: &str,
+) -> Result<PinnedLink, LbError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let link = FdLink::try_from(link).map_err(|e| {
+        io_error(
+            format!("taking the bpf_link of {program} on {interface} (the kernel needs bpf_link support: Linux 6.6 or later, or use --lb-mode nftables)"),
+            io::Error::other(e),
+        )
+    })?;
+    pins::pin(link, pin_dir, name).map_err(|e| {
+        io_error(
+            format!(
+                "pinning {program} on {interface} at {}",
+                pin_dir.join(name).display()
+            ),
+            e,
+        )
+    })
+}
+
+/// Detaches a pinned link now: unpinning leaves this descriptor as the last reference.
+fn detach_pinned(link: PinnedLink) {
+    drop(link.unpin());
 }
 
 fn missing(kind: &'static str, name: &'static str) -> LbError {
@@ -273,6 +309,19 @@ impl BpfBalancer {
                 ),
             })?;
         }
+        let pin_dir = pins::dir(overlay_dir);
+        pins::mount(&pin_dir).map_err(|e| {
+            io_error(
+                format!(
+                    "mounting the balancer's bpffs at {} (it keeps the data path attached while \
+                     meshd is down)",
+                    pin_dir.display()
+                ),
+                e,
+            )
+        })?;
+        // Named after the process, so a previous run's pin can stay while this one's is made.
+        let ingress_pin = format!("{}-{}", pins::INGRESS, std::process::id());
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
@@ -292,10 +341,17 @@ impl BpfBalancer {
                 program
                     .load()
                     .map_err(program_error("loading", INGRESS_TC, underlay_if))?;
-                let link = program
+                let id = program
                     .attach(underlay_if, TcAttachType::Ingress)
                     .map_err(program_error("attaching", INGRESS_TC, underlay_if))?;
-                IngressLink::Tc(link)
+                let link = program.take_link(id).map_err(program_error(
+                    "taking the link of",
+                    INGRESS_TC,
+                    underlay_if,
+                ))?;
+                // tcx runs programs in a row: a previous run's program keeps balancing, ahead of
+                // this one, until the first `apply` has filled this one's maps (see `pins`).
+                pin_link(link, &pin_dir, &ingress_pin, INGRESS_TC, underlay_if)?
             }
             BpfHook::Xdp => {
                 let pass = xdp_program(&mut ebpf, PEER_PASS)?;
@@ -305,10 +361,19 @@ impl BpfBalancer {
                 program
                     .load()
                     .map_err(program_error("loading", INGRESS_XDP, underlay_if))?;
-                let link = program
+                // A device takes one XDP link: a previous run's goes right before.
+                for name in pins::names(&pin_dir, pins::INGRESS) {
+                    pins::remove(&pin_dir, &name);
+                }
+                let id = program
                     .attach(underlay_if, XdpMode::Driver)
                     .map_err(program_error("attaching", INGRESS_XDP, underlay_if))?;
-                IngressLink::Xdp(link)
+                let link = program.take_link(id).map_err(program_error(
+                    "taking the link of",
+                    INGRESS_XDP,
+                    underlay_if,
+                ))?;
+                pin_link(link, &pin_dir, &ingress_pin, INGRESS_XDP, underlay_if)?
             }
         };
         Ok(BpfBalancer {
@@ -318,6 +383,11 @@ impl BpfBalancer {
             underlay_mac,
             overlay_dir: overlay_dir.to_path_buf(),
             host_ns,
+            stale_pins: pins::names(&pin_dir, "")
+                .into_iter()
+                .filter(|n| *n != ingress_pin)
+                .collect(),
+            pin_dir,
             ingress: Some(ingress),
             legs: BTreeMap::new(),
             config: take_map(&mut ebpf, "LB_CONFIG")?,
@@ -366,6 +436,17 @@ impl BpfBalancer {
         })?;
         self.write_config(desired)?;
         self.write_maps(plan)?;
+        // This run's program has its tables now: a previous run's, ahead of it, can go.
+        let old: Vec<String> = self
+            .stale_pins
+            .iter()
+            .filter(|n| n.starts_with(pins::INGRESS))
+            .cloned()
+            .collect();
+        for name in old {
+            self.stale_pins.remove(&name);
+            pins::remove(&self.pin_dir, &name);
+        }
         self.sync_legs(&leg_indexes)?;
         if self.hook == BpfHook::Xdp {
             self.prime_neighbours(desired);
@@ -497,7 +578,8 @@ impl BpfBalancer {
             }
         }
         let mut first_error = None;
-        for network in &self.written.networks.clone() {
+        let wanted = self.written.networks.clone();
+        for network in &wanted {
             if self.legs.contains_key(network) {
                 continue;
             }
@@ -517,6 +599,22 @@ impl BpfBalancer {
                 }
             }
         }
+        // A previous run's legs that no wanted network replaced: their networks are gone.
+        // Those of wanted networks whose attach failed stay until the retry replaces them.
+        let unwanted: Vec<String> = self
+            .stale_pins
+            .iter()
+            .filter(|name| {
+                !wanted
+                    .iter()
+                    .any(|n| **name == pins::reply_name(n) || **name == pins::peer_name(n))
+            })
+            .cloned()
+            .collect();
+        for name in unwanted {
+            self.stale_pins.remove(&name);
+            pins::remove(&self.pin_dir, &name);
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -532,9 +630,16 @@ impl BpfBalancer {
             .map_err(map_error("writing", "LB_LEGS"))?;
         let mut links = LegLinks {
             ifindex,
+            network: network.to_string(),
             reply: None,
             peer: None,
         };
+        // A previous run's programs on this leg go right before this run's come (XDP, one
+        // per device) or right after (tcx, where the new one queues behind the old).
+        let (reply_pin, peer_pin) = (pins::reply_name(network), pins::peer_name(network));
+        if self.stale_pins.remove(&peer_pin) {
+            pins::remove(&self.pin_dir, &peer_pin);
+        }
         if self.hook == BpfHook::Xdp {
             let path = self.overlay_dir.join(names::netns_file(network));
             let ns = Netns::open_pinned(&path)
@@ -549,19 +654,44 @@ impl BpfBalancer {
             let attached = ns
                 .run(|| Ok(pass.attach(names::LEG_NS_IF, XdpMode::Driver)))
                 .map_err(|e| io_error(format!("entering {}", path.display()), e))?;
-            links.peer =
-                Some(attached.map_err(program_error("attaching", PEER_PASS, names::LEG_NS_IF))?);
+            let id = attached.map_err(program_error("attaching", PEER_PASS, names::LEG_NS_IF))?;
+            let link = pass.take_link(id).map_err(program_error(
+                "taking the link of",
+                PEER_PASS,
+                names::LEG_NS_IF,
+            ))?;
+            links.peer = Some(pin_link(
+                link,
+                &self.pin_dir,
+                &peer_pin,
+                PEER_PASS,
+                names::LEG_NS_IF,
+            )?);
         }
         let reply = tc_program(&mut self.ebpf, REPLY)?;
         let attached = self
             .host_ns
             .run(|| Ok(reply.attach(&leg.host_if, TcAttachType::Ingress)))
             .map_err(|e| io_error("entering the host namespace", e))?;
-        match attached {
+        let pinned = attached
+            .map_err(program_error("attaching", REPLY, &leg.host_if))
+            .and_then(|id| {
+                reply.take_link(id).map_err(program_error(
+                    "taking the link of",
+                    REPLY,
+                    &leg.host_if,
+                ))
+            })
+            .and_then(|link| {
+                self.stale_pins.remove(&reply_pin);
+                pins::remove(&self.pin_dir, &reply_pin);
+                pin_link(link, &self.pin_dir, &reply_pin, REPLY, &leg.host_if)
+            });
+        match pinned {
             Ok(link) => links.reply = Some(link),
             Err(err) => {
                 self.detach_leg(links);
-                return Err(program_error("attaching", REPLY, &leg.host_if)(err));
+                return Err(err);
             }
         }
         Ok(links)
@@ -569,16 +699,12 @@ impl BpfBalancer {
 
     /// Detaches a leg's programs; a leg already gone took its attachments along.
     fn detach_leg(&mut self, links: LegLinks) {
-        if let Some(link) = links.reply {
-            if let Ok(program) = tc_program(&mut self.ebpf, REPLY) {
-                let _ = program.detach(link);
-            }
+        for link in [links.reply, links.peer].into_iter().flatten() {
+            detach_pinned(link);
         }
-        if let Some(link) = links.peer {
-            if let Ok(program) = xdp_program(&mut self.ebpf, PEER_PASS) {
-                let _ = program.detach(link);
-            }
-        }
+        // A pin whose link could not be read back (taken above) is removed by name.
+        pins::remove(&self.pin_dir, &pins::reply_name(&links.network));
+        pins::remove(&self.pin_dir, &pins::peer_name(&links.network));
         let _ = self.leg_map.remove(&links.ifindex);
     }
 
@@ -640,24 +766,25 @@ fn remove_entry<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// Detaches whatever a previous BPF balancer left pinned under `overlay_dir` and unmounts its
+/// bpffs: for a meshd that restarts in another mode (nftables), whose balancer would otherwise
+/// sit behind programs nobody updates.
+pub fn remove_leftovers(overlay_dir: &Path) {
+    pins::clear(&pins::dir(overlay_dir));
+}
+
+/// Dropping the balancer (meshd's clean stop on SIGTERM) detaches everything, as before
+/// pinning: a meshd that is stopped on purpose takes its data path with it, and unmounts its
+/// bpffs. Only a meshd that dies leaves the pins, and the data path, behind.
 impl Drop for BpfBalancer {
     fn drop(&mut self) {
         let legs = std::mem::take(&mut self.legs);
         for links in legs.into_values() {
             self.detach_leg(links);
         }
-        match self.ingress.take() {
-            Some(IngressLink::Tc(link)) => {
-                if let Ok(program) = tc_program(&mut self.ebpf, INGRESS_TC) {
-                    let _ = program.detach(link);
-                }
-            }
-            Some(IngressLink::Xdp(link)) => {
-                if let Ok(program) = xdp_program(&mut self.ebpf, INGRESS_XDP) {
-                    let _ = program.detach(link);
-                }
-            }
-            None => {}
+        if let Some(link) = self.ingress.take() {
+            detach_pinned(link);
         }
+        pins::clear(&self.pin_dir);
     }
 }
