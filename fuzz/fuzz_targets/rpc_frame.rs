@@ -29,8 +29,8 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Ok(None) => return,
-            Err(FrameError::TooLarge(len)) => {
-                assert!(len > MAX_FRAME);
+            Err(FrameError::TooLarge { size, limit }) => {
+                assert!(size > limit && limit == MAX_FRAME);
                 return;
             }
             // The server answers "unreadable request" and closes.
