@@ -11,14 +11,20 @@ use crate::api::{find_node, valid_label_key, ApiRequest, ApiResponse, ClusterVie
 use crate::cluster::ca::ClusterCa;
 use crate::cluster::quorum;
 use crate::cluster::token::JoinToken;
+use crate::rpc::client::RpcError;
 use crate::rpc::messages::{Request, Response};
 use crate::store::{ClusterState, Command, NodeStatus, Role};
 
 /// How long a forwarded call may take (a write waits up to 5 s for its commit, a diagnosis up
 /// to 10 s for every host).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
-/// Said of a write whose request reached a leader but whose answer never came back.
-pub const OUTCOME_UNKNOWN: &str = "the leader may have received this change before it became unreachable, so it may have been applied: check the current state before retrying";
+/// The error for a write that may have reached a leader whose answer never came back.
+fn outcome_unknown(leader: &str, why: &str) -> ApiResponse {
+    ApiResponse::Error(format!(
+        "no answer from the leader at {leader} ({why}); it may have received this change, so it \
+         may have been applied: check the current state before retrying"
+    ))
+}
 
 /// How long a follower waits for an election to produce a leader before giving up.
 const ELECTION_WAIT: Duration = Duration::from_secs(3);
@@ -29,9 +35,7 @@ impl Manager {
     /// last known state, marked stale, and writes are refused with the quorum error.
     pub async fn api(&self, request: ApiRequest) -> ApiResponse {
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
-        // Whether a leader may have received this request without its answer reaching us: a
-        // write may then have been applied, and the error must not claim otherwise.
-        let mut maybe_delivered = false;
+        let write = !is_read(&request);
         loop {
             if self.is_leader() {
                 return self.api_as_leader(request).await;
@@ -44,26 +48,29 @@ impl Manager {
                 continue;
             }
             // If Raft elects someone else meanwhile (the leader died mid-call), stop waiting for
-            // an answer that will never come and ask the new leader.
+            // an answer that will never come. A read asks the new leader; a write that may have
+            // reached the old one is not sent again: it could be applied twice (the Raft fault
+            // suite saw a retried write take effect a second time, after a later write).
             let asked = self.raft.metrics().borrow().current_leader;
             let mut metrics = self.raft.metrics();
             let forwarded = tokio::select! {
                 answer = self.forward(&addr, &request) => answer,
                 _ = metrics.wait_for(|m| m.current_leader != asked) => {
-                    maybe_delivered = true;
+                    if write {
+                        return outcome_unknown(&addr, "it stopped leading");
+                    }
                     continue;
                 }
             };
-            if matches!(&forwarded, Err(err) if !matches!(err, crate::rpc::client::RpcError::Connect { .. }))
-            {
-                maybe_delivered = true;
-            }
             match forwarded {
                 Ok(Response::Api(answer)) => return answer,
                 Ok(Response::Refused(why)) => return ApiResponse::Error(why),
+                Err(err) if write && !matches!(err, RpcError::Connect { .. }) => {
+                    return outcome_unknown(&addr, &err.to_string());
+                }
                 Ok(Response::NotLeader { .. }) | Err(_) => {
-                    // That leader is gone or deposed: wait for Raft to name another, not for
-                    // the same address to fail again.
+                    // Not delivered (or a read): that leader is gone or deposed, so wait for
+                    // Raft to name another, not for the same address to fail again.
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let changed = tokio::time::timeout(
                         remaining,
@@ -84,15 +91,13 @@ impl Manager {
         let voters = self.voters().len();
         let reachable = self.probe_voters().await.len();
         let warning = quorum_lost_message(voters, reachable);
-        if is_read(&request) {
+        if write {
+            ApiResponse::Error(warning)
+        } else {
             ApiResponse::Stale {
                 warning: format!("{warning}; showing the last state this manager knows"),
                 answer: Box::new(self.answer_read(&request)),
             }
-        } else if maybe_delivered {
-            ApiResponse::Error(format!("{warning}; {OUTCOME_UNKNOWN}"))
-        } else {
-            ApiResponse::Error(warning)
         }
     }
 
