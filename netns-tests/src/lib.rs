@@ -53,6 +53,18 @@ impl TestLab {
         eprintln!("meshd logs kept in {}", dir.display());
     }
 
+    /// A file of `host`'s cluster identity (`state_dir/cluster/<file>`: certificates, key).
+    pub fn cluster_file(&self, host: &str, file: &str) -> String {
+        let path = self
+            .lab
+            .files(host)
+            .unwrap()
+            .state_dir()
+            .join("cluster")
+            .join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// Every host's nonzero load-balancer counters whose name starts with `prefix` (`drop:`,
     /// `forward:rst`, ...), as `diag lb` run on `from` reports them: for failure messages.
     pub fn lb_counters(&self, from: &str, prefix: &str) -> String {

@@ -16,17 +16,6 @@ use serde_json::Value;
 
 const HOSTS: [&str; 3] = ["m1", "m2", "w1"];
 
-fn cluster_file(lab: &TestLab, host: &str, file: &str) -> String {
-    let path = lab
-        .lab()
-        .files(host)
-        .unwrap()
-        .state_dir()
-        .join("cluster")
-        .join(file);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// The serial of a PEM certificate, as openssl prints it.
 fn serial(pem: &str) -> String {
     use std::io::Write;
@@ -54,7 +43,7 @@ struct Seen {
 }
 
 fn seen(lab: &TestLab, host: &str) -> Seen {
-    let pem = cluster_file(lab, host, "node.pem");
+    let pem = lab.cluster_file(host, "node.pem");
     Seen {
         serial: serial(&pem),
         not_after: validity_of(&pem).unwrap().1,
@@ -65,9 +54,9 @@ fn seen(lab: &TestLab, host: &str) -> Seen {
 /// show their current certificates to each other.
 fn fresh_heartbeat(lab: &TestLab, host: &str) -> Result<(), String> {
     let credentials = NodeCredentials::new(
-        cluster_file(lab, host, "ca.pem"),
-        cluster_file(lab, host, "node.pem"),
-        cluster_file(lab, host, "node.key"),
+        lab.cluster_file(host, "ca.pem"),
+        lab.cluster_file(host, "node.pem"),
+        lab.cluster_file(host, "node.key"),
     );
     let tls = credentials.client_config().map_err(|e| e.to_string())?;
     let info: Value =

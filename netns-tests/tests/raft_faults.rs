@@ -434,13 +434,11 @@ fn the_leader_is_sigkilled() {
     verify(&lab, "leader SIGKILLed", &history);
 }
 
-#[test]
-fn a_minority_is_partitioned() {
-    let mut lab = lab("rf-minority");
-    let leader = leader(&lab);
-    let cut = *MANAGERS.iter().find(|m| **m != leader).unwrap();
+/// Cuts `cut` off from every other host for 8 s while the clients run, then heals; returns
+/// the history and the window the cut lasted.
+fn partitioned(lab: &mut TestLab, cut: &str) -> (Arc<History>, Instant, Instant) {
     let history = Arc::new(History::new());
-    let clients = Clients::start(&lab, &history);
+    let clients = Clients::start(lab, &history);
     std::thread::sleep(Duration::from_secs(3));
     lab.lab_mut()
         .partition(&[cut.to_string()], &others(&[cut]))
@@ -451,6 +449,15 @@ fn a_minority_is_partitioned() {
     lab.lab_mut().heal().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     clients.finish();
+    (history, since, until)
+}
+
+#[test]
+fn a_minority_is_partitioned() {
+    let mut lab = lab("rf-minority");
+    let leader = leader(&lab);
+    let cut = *MANAGERS.iter().find(|m| **m != leader).unwrap();
+    let (history, since, until) = partitioned(&mut lab, cut);
     assert_minority_refused("minority partitioned", &history, &[cut], since, until);
     // The majority kept its leader and went on committing.
     let majority: Vec<&str> = MANAGERS.into_iter().filter(|m| *m != cut).collect();
@@ -466,26 +473,10 @@ fn a_minority_is_partitioned() {
 fn the_majority_is_partitioned_from_the_leader() {
     let mut lab = lab("rf-majority");
     let old = leader(&lab);
-    let history = Arc::new(History::new());
-    let clients = Clients::start(&lab, &history);
-    std::thread::sleep(Duration::from_secs(3));
-    lab.lab_mut()
-        .partition(std::slice::from_ref(&old), &others(&[&old]))
-        .unwrap();
-    let since = Instant::now();
-    std::thread::sleep(Duration::from_secs(8));
-    let until = Instant::now();
-    lab.lab_mut().heal().unwrap();
-    std::thread::sleep(Duration::from_secs(4));
-    clients.finish();
-    assert_minority_refused(
-        "majority partitioned from the leader",
-        &history,
-        &[&old],
-        since,
-        until,
-    );
-    verify(&lab, "majority partitioned from the leader", &history);
+    let (history, since, until) = partitioned(&mut lab, &old);
+    let scenario = "majority partitioned from the leader";
+    assert_minority_refused(scenario, &history, &[&old], since, until);
+    verify(&lab, scenario, &history);
 }
 
 #[test]

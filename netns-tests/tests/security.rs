@@ -37,17 +37,6 @@ fn on_host<T: Send + 'static>(
     netns_tests::in_netns(&lab::host_netns(lab.name(), host), f).expect("enter the host")
 }
 
-fn cluster_file(lab: &TestLab, host: &str, file: &str) -> String {
-    let path = lab
-        .lab()
-        .files(host)
-        .unwrap()
-        .state_dir()
-        .join("cluster")
-        .join(file);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// One request to `addr` over TLS with `tls`, from inside `host`: the answer, or why there
 /// was none.
 fn call_from(
@@ -136,7 +125,7 @@ fn dropped_by_gossip(view: &Value) -> u64 {
 #[test]
 fn a_host_without_a_cluster_certificate_cannot_call_join_or_gossip() {
     let lab = outsider_lab("outsider", 1);
-    let ca_pem = cluster_file(&lab, "m1", "ca.pem");
+    let ca_pem = lab.cluster_file("m1", "ca.pem");
     let api: SocketAddr = (lab.addr("m1"), 2377).into();
     let before = node_names(&lab);
 
