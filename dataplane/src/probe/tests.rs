@@ -61,7 +61,33 @@ impl TestNet {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
+        // A link set up only carries packets once the kernel's linkwatch has run for it (it
+        // attaches the qdisc; until then frames are dropped), which can take up to a second:
+        // a first probe sent sooner is lost and reads as a filtered port.
+        for ns in [&net.a, &net.b] {
+            Self::wait_operstate_up(ns, "eth0");
+        }
         Some(net)
+    }
+
+    fn wait_operstate_up(ns: &str, link: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let argv = in_netns_argv(&["ip", "-n", ns, "-o", "link", "show", link]);
+            let out = Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .expect("ip");
+            if String::from_utf8_lossy(&out.stdout).contains(" state UP ") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{link} in {ns} not up after 5 s: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn path(ns: &str) -> PathBuf {
