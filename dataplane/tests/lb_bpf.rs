@@ -1041,6 +1041,87 @@ fn scenario(hook: BpfHook) {
         .in_client(|| reach_both(HOSTS[1], 64))
         .unwrap_or_else(|e| panic!("{e}; counters {:?}", world.all_counters()));
     assert!(TASKS.iter().all(|t| seen.iter().any(|(s, _)| s == t)));
+
+    check_restart_keeps_balancing(&mut world, hook);
+}
+
+/// A restarted meshd's balancer takes over from the previous run's without a failed request:
+/// the previous run's programs, left attached, balance while meshd is down and while the new
+/// balancer loads; the new one's first `apply` takes over (at XDP by swapping its program into
+/// the previous link). An open connection keeps its backend throughout.
+fn check_restart_keeps_balancing(world: &mut World, hook: BpfHook) {
+    let (mut held, held_task) = world.in_client(|| {
+        let mut conn = Conn::open(HOSTS[0]).unwrap();
+        let (task, _) = conn.ask().unwrap();
+        (conn, task)
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (world.ns("cl"), stop.clone());
+        std::thread::spawn(move || {
+            netns_of(&client)
+                .run(|| {
+                    let (mut answered, mut failed) = (0u32, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        let tcp = Conn::open(HOSTS[0]).and_then(|mut c| c.ask());
+                        let udp = UdpSocket::bind((CLIENT, 0)).and_then(|socket| {
+                            socket.set_read_timeout(Some(IO_TIMEOUT))?;
+                            udp_ask(&socket, HOSTS[0])
+                        });
+                        for outcome in [tcp.map(|_| ()), udp.map(|_| ())] {
+                            match outcome {
+                                Ok(()) => answered += 1,
+                                Err(e) => failed.push(e.to_string()),
+                            }
+                        }
+                    }
+                    Ok((answered, failed))
+                })
+                .unwrap()
+        })
+    };
+    // A pause at each step, as a real restart has: the load runs through each state.
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    pause();
+    world.balancers.remove(0).leave_attached();
+    pause();
+    let dir = world.overlay_dir(0);
+    let restarted = netns_of(&world.host_ns(0))
+        .run(|| Ok(BpfBalancer::new(hook, "eth0", &dir)))
+        .unwrap()
+        .expect("a new balancer beside the previous run's programs");
+    world.balancers.insert(0, restarted);
+    pause();
+    world.balancers[0].apply(&world.desired[0]).unwrap();
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{hook:?}: {} of {} requests failed across the restart: {failed:?}",
+        failed.len(),
+        answered as usize + failed.len()
+    );
+    assert!(answered > 10, "{hook:?}: only {answered} requests ran");
+    let (task, _) = world.in_client(|| held.ask().unwrap());
+    assert_eq!(task, held_task, "an open connection keeps its backend");
+    // One balancer is left, and only its programs: the previous run's ingress pin is gone.
+    let pins: Vec<String> = std::fs::read_dir(world.overlay_dir(0).join("bpf"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("ingress"))
+        .collect();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    // And the new tables are the ones balancing: a drained backend gets no new connection.
+    world.set_backends([Some(BackendState::Active), Some(BackendState::Draining)]);
+    let fresh: Vec<String> = world.in_client(|| {
+        (0..8)
+            .map(|_| Conn::open(HOSTS[0]).unwrap().ask().unwrap().0)
+            .collect()
+    });
+    assert!(fresh.iter().all(|t| t == TASKS[0]), "{fresh:?}");
+    world.set_backends([Some(BackendState::Active); 2]);
 }
 
 #[test]

@@ -44,9 +44,11 @@
 //! to a published port whose service has no backend gets a RST (`forward:rst`), as from a
 //! closed port.
 
+mod attach;
 mod counters;
 mod ids;
 mod inspect;
+mod legs;
 pub mod maps;
 mod pins;
 mod plan;
@@ -58,14 +60,16 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
-use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::links::PinnedLink;
+use aya::programs::{ProgramError, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 pub use counters::{DROP_REASONS, FORWARD_OUTCOMES};
 pub use inspect::MapState;
 
+use self::attach::{attach_xdp, detach_pinned, pin_link, tc_program, xdp_program};
 use self::ids::BackendIds;
+use self::legs::LegLinks;
 use self::maps::{BackendValue, Config, LegValue, ServiceKey, ServiceValue, MAGLEV_SIZE};
 use self::plan::{Plan, TableIndices};
 use super::{HostLb, LbCounter, LbError, LbPath};
@@ -134,18 +138,6 @@ impl BpfHook {
     }
 }
 
-/// What is attached for one network's leg.
-struct LegLinks {
-    /// mg-<id>'s index when attached (a recreated leg gets a new one).
-    ifindex: u32,
-    /// The network's ID, which names its pins.
-    network: String,
-    /// `lb_reply` on mg-<id>.
-    reply: Option<PinnedLink>,
-    /// `lb_peer_pass` on gw0 (XDP hook only).
-    peer: Option<PinnedLink>,
-}
-
 /// The BPF ingress routing mesh of one host, attached for as long as this value lives.
 pub struct BpfBalancer {
     hook: BpfHook,
@@ -158,8 +150,14 @@ pub struct BpfBalancer {
     pin_dir: PathBuf,
     /// Leg links a previous run pinned that this one has not replaced yet.
     stale_pins: BTreeSet<String>,
+    /// This run's `lb_ingress` link; None at XDP until the first `apply` has taken over the
+    /// link a previous run left.
     ingress: Option<PinnedLink>,
+    /// Where this run pins `lb_ingress` (a name no previous run's pin has).
+    ingress_pin: String,
     legs: BTreeMap<String, LegLinks>,
+    /// Set by [`BpfBalancer::leave_attached`]: dropping leaves the pins.
+    keep_pins: bool,
     config: Array<MapData, Config>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     maglev: Array<MapData, u32>,
@@ -209,40 +207,6 @@ fn program_error(
     }
 }
 
-/// Pins the link of an attachment at `pin_dir/name`: the kernel keeps it attached until the
-/// pin is removed, whatever happens to this process.
-fn pin_link<L>(
-    link: L,
-    pin_dir: &Path,
-    name: &str,
-    program: &'static str,
-    interface: &str,
-) -> Result<PinnedLink, LbError>
-where
-    FdLink: TryFrom<L, Error = LinkError>,
-{
-    let link = FdLink::try_from(link).map_err(|e| {
-        io_error(
-            format!("taking the bpf_link of {program} on {interface} (the kernel needs bpf_link support: Linux 6.6 or later, or use --lb-mode nftables)"),
-            io::Error::other(e),
-        )
-    })?;
-    pins::pin(link, pin_dir, name).map_err(|e| {
-        io_error(
-            format!(
-                "pinning {program} on {interface} at {}",
-                pin_dir.join(name).display()
-            ),
-            e,
-        )
-    })
-}
-
-/// Detaches a pinned link now: unpinning leaves this descriptor as the last reference.
-fn detach_pinned(link: PinnedLink) {
-    drop(link.unpin());
-}
-
 fn missing(kind: &'static str, name: &'static str) -> LbError {
     LbError::Bpf(BpfError::Missing {
         object: OBJECT,
@@ -257,23 +221,6 @@ where
 {
     let map = ebpf.take_map(name).ok_or_else(|| missing("map", name))?;
     T::try_from(map).map_err(map_error("typing", name))
-}
-
-fn tc_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, LbError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| missing("program", name))?
-        .try_into()
-        .map_err(program_error("typing", name, "-"))
-}
-
-fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LbError> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| missing("program", name))?
-        .try_into()
-        .map_err(program_error("typing", name, "-"))
 }
 
 impl BpfBalancer {
@@ -320,9 +267,10 @@ impl BpfBalancer {
                 e,
             )
         })?;
-        // Named after the process, so a previous run's pin can stay while this one's is made.
-        let ingress_pin = format!("{}-{}", pins::INGRESS, std::process::id());
+        let ingress_pin = pins::fresh_ingress_name(&pin_dir);
+        let revnat_pin = pins::shared_revnat(&pin_dir);
         let mut ebpf = EbpfLoader::new()
+            .map_pin_path("LB_REVNAT", &revnat_pin)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/lb.o"
@@ -351,7 +299,13 @@ impl BpfBalancer {
                 ))?;
                 // tcx runs programs in a row: a previous run's program keeps balancing, ahead of
                 // this one, until the first `apply` has filled this one's maps (see `pins`).
-                pin_link(link, &pin_dir, &ingress_pin, INGRESS_TC, underlay_if)?
+                Some(pin_link(
+                    link,
+                    &pin_dir,
+                    &ingress_pin,
+                    INGRESS_TC,
+                    underlay_if,
+                )?)
             }
             BpfHook::Xdp => {
                 let pass = xdp_program(&mut ebpf, PEER_PASS)?;
@@ -361,19 +315,19 @@ impl BpfBalancer {
                 program
                     .load()
                     .map_err(program_error("loading", INGRESS_XDP, underlay_if))?;
-                // A device takes one XDP link: a previous run's goes right before.
-                for name in pins::names(&pin_dir, pins::INGRESS) {
-                    pins::remove(&pin_dir, &name);
+                // A previous run's link stays, balancing with its own tables, until the first
+                // `apply` has filled this run's and takes it over (`attach::take_over_xdp`).
+                if pins::names(&pin_dir, pins::INGRESS).is_empty() {
+                    Some(attach_xdp(
+                        program,
+                        INGRESS_XDP,
+                        underlay_if,
+                        &pin_dir,
+                        &ingress_pin,
+                    )?)
+                } else {
+                    None
                 }
-                let id = program
-                    .attach(underlay_if, XdpMode::Driver)
-                    .map_err(program_error("attaching", INGRESS_XDP, underlay_if))?;
-                let link = program.take_link(id).map_err(program_error(
-                    "taking the link of",
-                    INGRESS_XDP,
-                    underlay_if,
-                ))?;
-                pin_link(link, &pin_dir, &ingress_pin, INGRESS_XDP, underlay_if)?
             }
         };
         Ok(BpfBalancer {
@@ -385,11 +339,13 @@ impl BpfBalancer {
             host_ns,
             stale_pins: pins::names(&pin_dir, "")
                 .into_iter()
-                .filter(|n| *n != ingress_pin)
+                .filter(|n| *n != ingress_pin && n != pins::REVNAT)
                 .collect(),
             pin_dir,
-            ingress: Some(ingress),
+            ingress,
+            ingress_pin,
             legs: BTreeMap::new(),
+            keep_pins: false,
             config: take_map(&mut ebpf, "LB_CONFIG")?,
             services: take_map(&mut ebpf, "LB_SERVICES")?,
             maglev: take_map(&mut ebpf, "LB_MAGLEV")?,
@@ -404,6 +360,16 @@ impl BpfBalancer {
             written_config: None,
             ebpf,
         })
+    }
+
+    /// Closes this balancer but leaves its programs attached, balancing with the tables they
+    /// have, as a meshd that dies does; the next balancer on the same overlay directory takes
+    /// them over. For a restart that must not interrupt the routing mesh.
+    pub fn leave_attached(mut self) {
+        // Dropping a pinned link closes this process's descriptor; the pin keeps the link.
+        self.ingress = None;
+        self.legs.clear();
+        self.keep_pins = true;
     }
 
     /// The path this balancer is.
@@ -436,7 +402,11 @@ impl BpfBalancer {
         })?;
         self.write_config(desired)?;
         self.write_maps(plan)?;
-        // This run's program has its tables now: a previous run's, ahead of it, can go.
+        // This run's program has its tables now: at XDP it takes over a previous run's link;
+        // at tcx, a previous run's link, ahead of this one's, can go.
+        if self.ingress.is_none() {
+            self.take_over_ingress()?;
+        }
         let old: Vec<String> = self
             .stale_pins
             .iter()
@@ -563,151 +533,6 @@ impl BpfBalancer {
         Ok(())
     }
 
-    /// Attaches `lb_reply` to every wanted network's leg (and, at XDP, `lb_peer_pass` to its
-    /// gw0), re-attaching a recreated leg, and detaches from legs no longer wanted.
-    fn sync_legs(&mut self, leg_indexes: &BTreeMap<String, u32>) -> Result<(), LbError> {
-        let gone: Vec<String> = self
-            .legs
-            .iter()
-            .filter(|(id, links)| leg_indexes.get(*id) != Some(&links.ifindex))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            if let Some(links) = self.legs.remove(&id) {
-                self.detach_leg(links);
-            }
-        }
-        let mut first_error = None;
-        let wanted = self.written.networks.clone();
-        for network in &wanted {
-            if self.legs.contains_key(network) {
-                continue;
-            }
-            let Some(&ifindex) = leg_indexes.get(network) else {
-                first_error.get_or_insert(LbError::InvalidState(format!(
-                    "network {network}'s leg {} is missing: apply the overlay first",
-                    names::leg_host(network)
-                )));
-                continue;
-            };
-            match self.attach_leg(network, ifindex) {
-                Ok(links) => {
-                    self.legs.insert(network.clone(), links);
-                }
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        // A previous run's legs that no wanted network replaced: their networks are gone.
-        // Those of wanted networks whose attach failed stay until the retry replaces them.
-        let unwanted: Vec<String> = self
-            .stale_pins
-            .iter()
-            .filter(|name| {
-                !wanted
-                    .iter()
-                    .any(|n| **name == pins::reply_name(n) || **name == pins::peer_name(n))
-            })
-            .cloned()
-            .collect();
-        for name in unwanted {
-            self.stale_pins.remove(&name);
-            pins::remove(&self.pin_dir, &name);
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    fn attach_leg(&mut self, network: &str, ifindex: u32) -> Result<LegLinks, LbError> {
-        let leg = names::leg(network);
-        let value = LegValue {
-            host_mac: leg.host_mac,
-            ns_mac: leg.ns_mac,
-            flags: 0,
-        };
-        self.leg_map
-            .insert(ifindex, value, 0)
-            .map_err(map_error("writing", "LB_LEGS"))?;
-        let mut links = LegLinks {
-            ifindex,
-            network: network.to_string(),
-            reply: None,
-            peer: None,
-        };
-        // A previous run's programs on this leg go right before this run's come (XDP, one
-        // per device) or right after (tcx, where the new one queues behind the old).
-        let (reply_pin, peer_pin) = (pins::reply_name(network), pins::peer_name(network));
-        if self.stale_pins.remove(&peer_pin) {
-            pins::remove(&self.pin_dir, &peer_pin);
-        }
-        if self.hook == BpfHook::Xdp {
-            let path = self.overlay_dir.join(names::netns_file(network));
-            let ns = Netns::open_pinned(&path)
-                .map_err(|e| io_error(format!("opening {}", path.display()), io::Error::other(e)))?
-                .ok_or_else(|| {
-                    LbError::InvalidState(format!(
-                        "network {network} has no namespace at {}: apply the overlay first",
-                        path.display()
-                    ))
-                })?;
-            let pass = xdp_program(&mut self.ebpf, PEER_PASS)?;
-            let attached = ns
-                .run(|| Ok(pass.attach(names::LEG_NS_IF, XdpMode::Driver)))
-                .map_err(|e| io_error(format!("entering {}", path.display()), e))?;
-            let id = attached.map_err(program_error("attaching", PEER_PASS, names::LEG_NS_IF))?;
-            let link = pass.take_link(id).map_err(program_error(
-                "taking the link of",
-                PEER_PASS,
-                names::LEG_NS_IF,
-            ))?;
-            links.peer = Some(pin_link(
-                link,
-                &self.pin_dir,
-                &peer_pin,
-                PEER_PASS,
-                names::LEG_NS_IF,
-            )?);
-        }
-        let reply = tc_program(&mut self.ebpf, REPLY)?;
-        let attached = self
-            .host_ns
-            .run(|| Ok(reply.attach(&leg.host_if, TcAttachType::Ingress)))
-            .map_err(|e| io_error("entering the host namespace", e))?;
-        let pinned = attached
-            .map_err(program_error("attaching", REPLY, &leg.host_if))
-            .and_then(|id| {
-                reply.take_link(id).map_err(program_error(
-                    "taking the link of",
-                    REPLY,
-                    &leg.host_if,
-                ))
-            })
-            .and_then(|link| {
-                self.stale_pins.remove(&reply_pin);
-                pins::remove(&self.pin_dir, &reply_pin);
-                pin_link(link, &self.pin_dir, &reply_pin, REPLY, &leg.host_if)
-            });
-        match pinned {
-            Ok(link) => links.reply = Some(link),
-            Err(err) => {
-                self.detach_leg(links);
-                return Err(err);
-            }
-        }
-        Ok(links)
-    }
-
-    /// Detaches a leg's programs; a leg already gone took its attachments along.
-    fn detach_leg(&mut self, links: LegLinks) {
-        for link in [links.reply, links.peer].into_iter().flatten() {
-            detach_pinned(link);
-        }
-        // A pin whose link could not be read back (taken above) is removed by name.
-        pins::remove(&self.pin_dir, &pins::reply_name(&links.network));
-        pins::remove(&self.pin_dir, &pins::peer_name(&links.network));
-        let _ = self.leg_map.remove(&links.ifindex);
-    }
-
     /// Sends an empty datagram to the data-path port of every remote VTEP, so the kernel
     /// resolves its neighbour entry, which XDP's FIB lookup needs. Best effort.
     fn prime_neighbours(&self, desired: &HostLb) {
@@ -778,6 +603,9 @@ pub fn remove_leftovers(overlay_dir: &Path) {
 /// bpffs. Only a meshd that dies leaves the pins, and the data path, behind.
 impl Drop for BpfBalancer {
     fn drop(&mut self) {
+        if self.keep_pins {
+            return;
+        }
         let legs = std::mem::take(&mut self.legs);
         for links in legs.into_values() {
             self.detach_leg(links);

@@ -2,10 +2,16 @@
 //! it (and the maps its program holds) when meshd dies, and the routing mesh keeps forwarding
 //! while meshd is down.
 //!
-//! A starting balancer replaces what a previous run left, so programs never stack: at tcx the
-//! old link goes once the new program, queued behind it, has its tables (the first `apply`); at
-//! XDP, where a device takes one link (a second fails with EBUSY), right before the new attach. The old maps go with the old
-//! programs: the flow LRU is not carried over, which is acceptable because Maglev picks the same
+//! A starting balancer replaces what a previous run left, so programs never stack and the
+//! device never goes without one: at tcx the old link goes once the new program, queued behind
+//! it, has its tables (the first `apply`); at XDP, where a device takes one link (a second fails
+//! with EBUSY), the first `apply` puts the new program into the old link (`bpf_link_update`, see
+//! `attach::take_over_xdp`). The old maps go with the old
+//! programs, but for `LB_REVNAT`, which is pinned too and shared by every run: a reply is
+//! translated whichever run's `lb_ingress` saw its request and whichever run's `lb_reply` sees
+//! it, while both are attached (without it, a reply to a request the new `lb_ingress` took is
+//! dropped by the old `lb_reply`, still ahead of the new one). The flow LRU is not carried over
+//! (its backend ids are each run's own), which is acceptable because Maglev picks the same
 //! backend for a flow as long as the backend set is the same, and the restarted meshd writes
 //! the same backend set it had.
 
@@ -122,5 +128,53 @@ pub fn peer_name(network: &str) -> String {
     format!("peer-{network}")
 }
 
-/// The prefix of the underlay's pinned `lb_ingress` link (then `-<pid>`).
+/// The pin of the shared `LB_REVNAT` (see the module's documentation). A new name for a new
+/// layout: a previous run's map of another layout is then just an unknown pin, and goes.
+pub const REVNAT: &str = "revnat-v1";
+
+/// `sizeof(struct lb_revnat_key)` and `sizeof(struct lb_revnat)`, and `LB_MAX_FLOWS`.
+const REVNAT_LAYOUT: (u32, u32, u32) = (16, 8, 65536);
+
+/// Where the shared `LB_REVNAT` is pinned, after removing a previous run's map there unless it
+/// has the layout this build's program expects.
+pub fn shared_revnat(dir: &Path) -> PathBuf {
+    let path = dir.join(REVNAT);
+    if path.exists() {
+        let fits = aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| {
+            (info.key_size(), info.value_size(), info.max_entries()) == REVNAT_LAYOUT
+        });
+        if !fits {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    path
+}
+
+/// The prefix of the underlay's pinned `lb_ingress` link (then `-<n>`).
 pub const INGRESS: &str = "ingress";
+
+/// A name for this run's `lb_ingress` pin that no previous run's pin has, so both can be
+/// pinned while one takes over from the other. Not the pid: a meshd restarted as the first
+/// process of a PID namespace gets the same one again.
+pub fn fresh_ingress_name(dir: &Path) -> String {
+    (0u32..)
+        .map(|n| format!("{INGRESS}-{n}"))
+        .find(|name| !dir.join(name).exists())
+        .expect("fewer than 2^32 pins")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_ingress_name_is_one_no_previous_run_has() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(fresh_ingress_name(dir.path()), "ingress-0");
+        fs::write(dir.path().join("ingress-0"), "").unwrap();
+        assert_eq!(fresh_ingress_name(dir.path()), "ingress-1");
+        fs::remove_file(dir.path().join("ingress-0")).unwrap();
+        fs::write(dir.path().join("ingress-1"), "").unwrap();
+        assert_eq!(fresh_ingress_name(dir.path()), "ingress-0");
+    }
+}
