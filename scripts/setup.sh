@@ -7,7 +7,7 @@ packages=(
   # build: the BPF programs are C compiled by clang; containerd's gRPC API needs protoc
   clang llvm libbpf-dev gcc libc6-dev pkg-config protobuf-compiler
   # kernel plumbing used by meshd, the lab and diagnostics
-  iproute2 nftables iptables ethtool iputils-ping netcat-openbsd tcpdump procps kmod bind9-dnsutils
+  iproute2 nftables conntrack iptables ethtool iputils-ping netcat-openbsd tcpdump procps kmod bind9-dnsutils
   # the quickstart reads meshctl's JSON, and fetches pages inside tasks' namespaces
   jq wget util-linux
   # the security and hostile-input tests inspect certificates and speak TLS by hand

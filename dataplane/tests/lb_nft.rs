@@ -672,3 +672,90 @@ fn a_peer_ahead_of_this_host_gets_its_flow_once_the_backend_is_programmed() {
         0
     );
 }
+
+/// Inserts a conntrack entry in `ns`: a flow from CLIENT port `sport` to `published` on H1,
+/// DNATed to `to`, in TCP state `state` (None: UDP).
+fn insert_flow(ns: &Path, state: Option<&str>, sport: u16, published: u16, to: (Ipv4Addr, u16)) {
+    let (sport, published, to_ip, to_port) = (
+        sport.to_string(),
+        published.to_string(),
+        to.0.to_string(),
+        to.1.to_string(),
+    );
+    let client = CLIENT.to_string();
+    let h1 = H1.to_string();
+    let mut args = vec![
+        "conntrack",
+        "-I",
+        "-p",
+        if state.is_some() { "tcp" } else { "udp" },
+        "-s",
+        &client,
+        "-d",
+        &h1,
+        "--sport",
+        &sport,
+        "--dport",
+        &published,
+        "-r",
+        &to_ip,
+        "-q",
+        &client,
+        "--reply-port-src",
+        &to_port,
+        "--reply-port-dst",
+        &sport,
+        "-t",
+        "120",
+    ];
+    if let Some(state) = state {
+        args.extend(["--state", state]);
+        if state == "ESTABLISHED" {
+            args.extend(["-u", "SEEN_REPLY,ASSURED"]);
+        }
+    }
+    run_in(ns, &args);
+}
+
+/// The client ports of the conntrack entries in `ns`.
+fn flow_ports(ns: &Path) -> std::collections::BTreeSet<u16> {
+    run_in(ns, &["conntrack", "-L", "-s", &CLIENT.to_string()])
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("sport="))?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn entries_that_would_send_a_reused_port_to_a_gone_backend_are_deleted() {
+    let Some(lab) = Lab::new() else { return };
+    let h1_ns = lab.ns("h1");
+    let mut h1 = lab.balancer("h1");
+    h1.apply(&host_lb(H1, vec![web(vec![t1(), t2()])])).unwrap();
+    // Flows to t1 (local: its address and target port) and to t2 (remote: its host and the
+    // published port), as the table DNATs them.
+    let to_t1_tcp = (T1, TCP_TARGET);
+    insert_flow(&h1_ns, Some("SYN_SENT"), 40001, 80, to_t1_tcp);
+    insert_flow(&h1_ns, Some("ESTABLISHED"), 40002, 80, to_t1_tcp);
+    insert_flow(&h1_ns, None, 40003, 53, (T1, UDP_TARGET));
+    insert_flow(&h1_ns, Some("SYN_SENT"), 40004, 80, (H2, 80));
+    insert_flow(&h1_ns, None, 40005, 53, (H2, 53));
+    let all: std::collections::BTreeSet<u16> = (40001..=40005).collect();
+    assert_eq!(flow_ports(&h1_ns), all);
+
+    // While t1 drains, nothing goes: a draining backend keeps its flows.
+    let mut draining = t1();
+    draining.state = BackendState::Draining;
+    h1.apply(&host_lb(H1, vec![web(vec![draining, t2()])]))
+        .unwrap();
+    assert_eq!(flow_ports(&h1_ns), all);
+
+    // t1 is gone: its unanswered TCP flow and its UDP flow go; its established TCP flow ends
+    // on its own; t2's flows stay.
+    h1.apply(&host_lb(H1, vec![web(vec![t2()])])).unwrap();
+    assert_eq!(flow_ports(&h1_ns), [40002, 40004, 40005].into());
+}

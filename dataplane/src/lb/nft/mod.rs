@@ -48,6 +48,10 @@
 //!   more (at most two hops, never a loop).
 //! - **Host mode** (`local_only`): only this host's backends, from anyone; the port is in the
 //!   table only where the caller lists it.
+//! - **Gone backends**: after every change, the conntrack entries of unanswered TCP flows and
+//!   of UDP flows to a published port whose replies would come from no current backend are
+//!   deleted ([`conntrack`]): they would otherwise send a later connection from the same
+//!   client port to the gone backend.
 //! - **No backend**: new flows are refused (TCP reset, ICMP port unreachable).
 //! - **Counters**: named nft counters per published port, read by [`NftBalancer::counters`]
 //!   as `<outcome>@<service name>/<proto>/<port>`: `flow:new` (new flows from clients),
@@ -62,6 +66,7 @@
 //!   from the host itself (no output hook); a host whose forward policy drops (Docker's
 //!   iptables) must accept these flows itself.
 
+pub mod conntrack;
 pub(crate) mod kernel;
 pub mod ruleset;
 
@@ -166,7 +171,8 @@ impl NftBalancer {
             return Err(err);
         }
         self.applied = Some(next);
-        Ok(())
+        // The table sends no new flow to a gone backend now; its entries can go.
+        conntrack::forget_stale_flows(&self.ns, desired.underlay_ip, desired).map(drop)
     }
 
     /// Every named counter of the table, summed by the kernel: flows (not packets) per
