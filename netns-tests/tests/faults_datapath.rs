@@ -412,7 +412,7 @@ const RESHOW: Duration = Duration::from_secs(1);
 /// are pinned in meshd's private bpffs under its state directory, so the kernel keeps them
 /// (`dataplane/src/lb/bpf/pins.rs`); the overlay (VXLAN devices and FDB) lives in pinned
 /// namespaces. So everything keeps forwarding, through w3 and to w3's tasks: no request may
-/// fail. The restarted meshd replaces the pinned programs: exactly one `lb_ingress` stays on
+/// fail, but for the resets at survivors that drop w3's rows (see below). The restarted meshd replaces the pinned programs: exactly one `lb_ingress` stays on
 /// w3's underlay. After the lab is down no bpffs stays mounted under its directory.
 ///
 /// The restart: down longer than the managers' node-down delay (3 s), w3's tasks were
@@ -441,12 +441,25 @@ fn meshd_restarted(tag: &str, lb_mode: Option<&str>) {
     let done = run.finish();
 
     let mode = mode_name(lb_mode);
-    let down = done.case(
+    let mut down = done.case(
         format!("meshd killed: while it is down ({mode})"),
         &through,
         0..2,
         0,
     );
+    // Gossip is meshd's, so the survivors declare w3 down (DETECTION) and drop its rows, though
+    // its tasks still answer. Through BPF a flow pinned to a dropped backend is picked again,
+    // so the request a survivor's thread has in flight to one of w3's tasks at that moment is
+    // reset by its new backend (seen in about 1 run in 3): at most one per survivor, and only
+    // resets. Through nftables, conntrack keeps such a flow where it is.
+    let resets_at_survivors = down
+        .failed
+        .iter()
+        .all(|f| !f.starts_with(&format!("via {VICTIM}:")) && f.contains("reset by peer"));
+    if !nftables && resets_at_survivors {
+        down.bound = SURVIVORS.len();
+        down.note = " (one reset per survivor as it drops w3's rows)".into();
+    }
     let mut restart = done.case(
         format!("meshd killed: restart, first {RESHOW:?} ({mode})"),
         &through,
@@ -454,14 +467,17 @@ fn meshd_restarted(tag: &str, lb_mode: Option<&str>) {
         0,
     );
     restart.bound = (restart.served as usize + restart.failed.len()).div_ceil(2);
-    // A lone request once timed out several seconds after the restart, in each mode (1 run in
-    // 4 through w3 with BPF, 1 in 5 through a survivor with nftables); the cause is not found
-    // yet, so this case allows one and the report shows the count.
+    // Through nftables, a request whose SYN went to one of w3's replaced tasks just as it
+    // stopped left an unanswered conntrack entry, and the client port's next use, seconds
+    // later, timed out on it (4 runs in 4, before the balancer deleted such entries): none may
+    // fail now. Through BPF a lone request timed out once in about 8 runs (a read timeout via
+    // w3, 1.4 s after the restart, cause not found): that case allows one, and the report
+    // shows the count.
     let after = done.case(
         format!("meshd killed: after the restart ({mode})"),
         &through,
         4..5,
-        1,
+        usize::from(!nftables),
     );
     let stacked = if nftables {
         None
@@ -580,10 +596,13 @@ fn meshd_killed_and_restarted_under_load() {
     meshd_restarted("dprestart", None);
 }
 
-// No XDP variant here: at XDP the restarted meshd must detach the old program before it
-// attaches its own (one per device), so new flows through the host are refused until its first
-// convergence fills the new maps (0.5 to 1.5 s here), which no bound past RESHOW covers.
-// Run by hand it passed twice (0 of 11360 and 0 of 13284 failed while meshd was down).
+// At XDP, where a device takes one program, the restarted meshd swaps its program into the
+// previous run's link (`bpf_link_update`) once its maps are filled: no moment without a
+// balancer either.
+#[test]
+fn xdp_meshd_killed_and_restarted_under_load() {
+    meshd_restarted("dprestxdp", Some("xdp"));
+}
 
 #[test]
 fn nftables_fallback_keeps_forwarding_while_meshd_is_down() {
