@@ -124,13 +124,8 @@ impl BpfBalancer {
     /// cannot be taken over (a previous run at tcx, or an unreadable pin), replaces it, which
     /// leaves the device without a balancer for the moment between the two.
     pub(super) fn take_over_ingress(&mut self) -> Result<(), LbError> {
+        let previous = self.stale_ingress_pins();
         let program = xdp_program(&mut self.ebpf, INGRESS_XDP)?;
-        let previous: Vec<String> = self
-            .stale_pins
-            .iter()
-            .filter(|n| n.starts_with(pins::INGRESS))
-            .cloned()
-            .collect();
         let taken = previous.iter().find_map(|old| {
             take_over_xdp(program, &self.pin_dir, old, &self.ingress_pin)
                 .ok()

@@ -372,6 +372,15 @@ impl BpfBalancer {
         self.keep_pins = true;
     }
 
+    /// The `lb_ingress` pins a previous run left that this run has not taken over or removed.
+    fn stale_ingress_pins(&self) -> Vec<String> {
+        self.stale_pins
+            .iter()
+            .filter(|n| n.starts_with(pins::INGRESS))
+            .cloned()
+            .collect()
+    }
+
     /// The path this balancer is.
     pub fn path(&self) -> LbPath {
         self.hook.path()
@@ -407,13 +416,7 @@ impl BpfBalancer {
         if self.ingress.is_none() {
             self.take_over_ingress()?;
         }
-        let old: Vec<String> = self
-            .stale_pins
-            .iter()
-            .filter(|n| n.starts_with(pins::INGRESS))
-            .cloned()
-            .collect();
-        for name in old {
+        for name in self.stale_ingress_pins() {
             self.stale_pins.remove(&name);
             pins::remove(&self.pin_dir, &name);
         }
