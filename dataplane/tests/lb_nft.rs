@@ -758,4 +758,8 @@ fn entries_that_would_send_a_reused_port_to_a_gone_backend_are_deleted() {
     // on its own; t2's flows stay.
     h1.apply(&host_lb(H1, vec![web(vec![t2()])])).unwrap();
     assert_eq!(flow_ports(&h1_ns), [40002, 40004, 40005].into());
+
+    // The service goes: the unanswered TCP and the UDP entries of its ports go with it.
+    h1.apply(&host_lb(H1, vec![])).unwrap();
+    assert_eq!(flow_ports(&h1_ns), [40002].into());
 }

@@ -13,8 +13,9 @@
 //!   deletes them for removed endpoints.
 //!
 //! So after every change of the table, those entries of flows to a published port whose
-//! replies would come from anything but a current destination of that port are deleted, with
-//! the `conntrack` tool (`conntrack-tools`).
+//! replies would come from anything but a current destination of that port are deleted, and
+//! those of a port this balancer published until now, with the `conntrack` tool
+//! (`conntrack-tools`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -71,14 +72,20 @@ pub fn stale(seen: &[Destination], kept: &BTreeSet<Destination>) -> BTreeSet<Des
 
 /// Deletes, in `ns`, the entries of flows to `underlay_ip`'s published ports whose replies would
 /// come from a destination `desired` no longer has: every UDP one, and the TCP ones still in
-/// `SYN_SENT`. Returns how many destinations were forgotten.
+/// `SYN_SENT`. `unpublished` are ports published before and no longer, whose entries all go
+/// likewise. Returns how many destinations were forgotten.
 pub fn forget_stale_flows(
     ns: &Netns,
     underlay_ip: Ipv4Addr,
     desired: &HostLb,
+    unpublished: &BTreeSet<(Protocol, u16)>,
 ) -> Result<usize, LbError> {
     let mut forgotten = 0;
-    for ((protocol, published), kept) in destinations(desired) {
+    let mut ports = destinations(desired);
+    for port in unpublished {
+        ports.entry(*port).or_default();
+    }
+    for ((protocol, published), kept) in ports {
         let to_port = [
             "-p".to_string(),
             protocol.name().to_string(),

@@ -70,9 +70,10 @@ pub mod conntrack;
 pub(crate) mod kernel;
 pub mod ruleset;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::lb::{HostLb, LbCounter, LbError, LbPath};
+use crate::lb::{HostLb, LbCounter, LbError, LbPath, Protocol};
 use crate::overlay::names;
 use crate::overlay::netns::Netns;
 
@@ -91,6 +92,8 @@ pub struct NftBalancer {
     applied: Option<Ruleset>,
     /// Whether the kernel may hold routes of legs not in `applied` (after a failed apply).
     dirty_legs: Vec<LegRoute>,
+    /// The ports published at the last apply, whose flows' entries go once they are not.
+    published: BTreeSet<(Protocol, u16)>,
 }
 
 impl NftBalancer {
@@ -111,6 +114,7 @@ impl NftBalancer {
             overlay_dir: overlay_dir.to_path_buf(),
             applied: None,
             dirty_legs: Vec::new(),
+            published: BTreeSet::new(),
         })
     }
 
@@ -172,7 +176,12 @@ impl NftBalancer {
         }
         self.applied = Some(next);
         // The table sends no new flow to a gone backend now; its entries can go.
-        conntrack::forget_stale_flows(&self.ns, desired.underlay_ip, desired).map(drop)
+        let published: BTreeSet<(Protocol, u16)> =
+            conntrack::destinations(desired).into_keys().collect();
+        let unpublished = self.published.difference(&published).copied().collect();
+        self.published = published;
+        conntrack::forget_stale_flows(&self.ns, desired.underlay_ip, desired, &unpublished)
+            .map(drop)
     }
 
     /// Every named counter of the table, summed by the kernel: flows (not packets) per
