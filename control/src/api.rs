@@ -36,6 +36,9 @@ pub enum ApiRequest {
     Info,
     /// Add a new gossip key (nodes switch to it once every node has it).
     GossipKeyRotate,
+    /// Change cluster settings after init: the lifetime of node certificates issued from now
+    /// on, in seconds.
+    SwarmUpdate { cert_expiry_secs: u64 },
     /// Probe between hosts and compare their state (`meshctl diag`).
     Diag(crate::diag::DiagRequest),
     /// Create a service.

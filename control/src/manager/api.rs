@@ -239,6 +239,21 @@ impl Manager {
                     rotate: false,
                 })
             }
+            ApiRequest::SwarmUpdate { cert_expiry_secs } => {
+                let lifetime = std::time::Duration::from_secs(cert_expiry_secs);
+                if let Err(why) = crate::cluster::ca::check_node_validity(lifetime) {
+                    return ApiResponse::Error(why);
+                }
+                let secs = cert_expiry_secs;
+                if let Err(answer) = self.apply(Command::SetCertExpiry { secs }).await {
+                    return answer;
+                }
+                done(format!(
+                    "node certificates issued from now on are valid for {secs}s; each node \
+                     renews its current one at half of that one's lifetime and gets the new \
+                     lifetime then"
+                ))
+            }
             ApiRequest::Diag(request) => self.diagnose(request).await,
             ApiRequest::GossipKeyRotate => match self.rotate_gossip_key().await {
                 Ok(id) => done(format!(

@@ -194,6 +194,8 @@ pub enum Command {
     RemoveNode { id: NodeId },
     /// A join token was rotated.
     RotateSecret { role: Role, secret: String },
+    /// Node certificates issued from now on live this long (`swarm update --cert-expiry`).
+    SetCertExpiry { secs: u64 },
     /// A new gossip key; the oldest beyond `GOSSIP_KEYS_KEPT` is dropped.
     AddGossipKey(GossipKey),
     /// A node's agent reported a new description.
@@ -339,6 +341,12 @@ impl ClusterState {
                     Role::Worker => cluster.worker_secret = secret,
                     Role::Manager => cluster.manager_secret = secret,
                 }
+            }
+            Command::SetCertExpiry { secs } => {
+                let Some(cluster) = self.cluster.as_mut() else {
+                    return refused("the cluster is not initialized".into());
+                };
+                cluster.cert_expiry_secs = secs;
             }
             Command::AddGossipKey(key) => {
                 let Some(cluster) = self.cluster.as_mut() else {
@@ -723,6 +731,17 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_lifetime_can_change_after_init() {
+        let mut state = ClusterState::default();
+        state.apply(Command::InitCluster(info()));
+        assert_eq!(
+            state.apply(Command::SetCertExpiry { secs: 7200 }),
+            CommandResult::Ok
+        );
+        assert_eq!(state.cluster.as_ref().unwrap().cert_expiry_secs, 7200);
+    }
+
+    #[test]
     fn nodes_are_added_updated_and_removed() {
         let mut state = ClusterState::default();
         assert_eq!(
@@ -778,6 +797,7 @@ mod tests {
                 role: Role::Worker,
                 secret: "x".into(),
             },
+            Command::SetCertExpiry { secs: 3600 },
         ] {
             assert!(
                 matches!(state.apply(command.clone()), CommandResult::Refused(_)),

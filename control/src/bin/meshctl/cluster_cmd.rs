@@ -75,6 +75,13 @@ pub enum SwarmCommand {
     /// Rotate the key that authenticates and encrypts gossip (managers also rotate it
     /// every 24 hours). Nodes accept the old keys while the new one spreads.
     RotateGossipKey,
+    /// Change cluster settings after init.
+    Update {
+        /// How long node certificates issued from now on are valid, e.g. 2160h; each node
+        /// gets the new lifetime at its next renewal [at least 1m].
+        #[arg(long)]
+        cert_expiry: String,
+    },
 }
 
 /// Node management (on a manager).
@@ -208,13 +215,7 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
             default_addr_pool_mask_length,
             cert_expiry,
         } => {
-            let cert_expiry_secs = cert_expiry
-                .map(|text| {
-                    control::service::spec::parse_duration_ms(&text)
-                        .map(|ms| ms / 1000)
-                        .map_err(|e| anyhow::anyhow!("--cert-expiry: {e}"))
-                })
-                .transpose()?;
+            let cert_expiry_secs = cert_expiry.as_deref().map(cert_expiry_secs).transpose()?;
             let options = InitOptions {
                 advertise_addr,
                 listen_addr,
@@ -290,6 +291,15 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
                 println!("To add a {} to this cluster, run on it:\n\n    meshctl swarm join --token {token} <MANAGER-ADDRESS>:2377", role_name(role));
             }
         }
+        SwarmCommand::Update { cert_expiry } => {
+            let request = ApiRequest::SwarmUpdate {
+                cert_expiry_secs: cert_expiry_secs(&cert_expiry)?,
+            };
+            let ApiResponse::Done { message, .. } = cluster(socket, request)? else {
+                bail!("unexpected answer to a swarm update");
+            };
+            println!("{message}");
+        }
         SwarmCommand::RotateGossipKey => {
             let ApiResponse::Done { message, .. } = cluster(socket, ApiRequest::GossipKeyRotate)?
             else {
@@ -299,6 +309,13 @@ pub fn swarm(socket: &Path, command: SwarmCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--cert-expiry`'s duration (`2160h`, `90m`, ...) in seconds.
+fn cert_expiry_secs(text: &str) -> anyhow::Result<u64> {
+    control::service::spec::parse_duration_ms(text)
+        .map(|ms| ms / 1000)
+        .map_err(|e| anyhow::anyhow!("--cert-expiry: {e}"))
 }
 
 fn role_name(role: Role) -> &'static str {
