@@ -49,68 +49,97 @@ pub fn destinations(desired: &HostLb) -> BTreeMap<(Protocol, u16), BTreeSet<Dest
     all
 }
 
-/// The reply sources (`src=` and `sport=` of the reply tuple, the second of each on a line)
-/// of `conntrack -L` output.
-pub fn reply_sources(listing: &str) -> Vec<Destination> {
+/// One listed entry that may need to go: its protocol, the port it was sent to, and where its
+/// replies come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub reply: Destination,
+}
+
+/// The entries of `conntrack -L` output that the cleanup may delete: every UDP one and the TCP
+/// ones in `SYN_SENT` (`<proto> <num> <timeout> [<state>] src= dst= sport= dport= ...`, the
+/// reply tuple's `src=` and `sport=` the second of each).
+pub fn listed(listing: &str) -> Vec<Listed> {
     listing
         .lines()
         .filter_map(|line| {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .filter_map(|word| word.strip_prefix(name))
-                    .nth(1)
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let protocol = match *words.first()? {
+                "tcp" if words.get(3) == Some(&"SYN_SENT") => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => return None,
             };
-            Some((field("src=")?.parse().ok()?, field("sport=")?.parse().ok()?))
+            let field =
+                |name: &str, nth: usize| words.iter().filter_map(|w| w.strip_prefix(name)).nth(nth);
+            Some(Listed {
+                protocol,
+                port: field("dport=", 0)?.parse().ok()?,
+                reply: (
+                    field("src=", 1)?.parse().ok()?,
+                    field("sport=", 1)?.parse().ok()?,
+                ),
+            })
         })
         .collect()
 }
 
-/// The destinations among `seen` that are not in `kept`, once each.
-pub fn stale(seen: &[Destination], kept: &BTreeSet<Destination>) -> BTreeSet<Destination> {
-    seen.iter().filter(|d| !kept.contains(d)).copied().collect()
+/// The (protocol, port, destination) of the `entries` to a port in `ports` whose destination
+/// is not among that port's kept ones, once each.
+pub fn stale(
+    entries: &[Listed],
+    ports: &BTreeMap<(Protocol, u16), BTreeSet<Destination>>,
+) -> BTreeSet<Listed> {
+    entries
+        .iter()
+        .filter(|e| {
+            ports
+                .get(&(e.protocol, e.port))
+                .is_some_and(|kept| !kept.contains(&e.reply))
+        })
+        .copied()
+        .collect()
 }
 
 /// Deletes, in `ns`, the entries of flows to `underlay_ip`'s published ports whose replies would
 /// come from a destination `desired` no longer has: every UDP one, and the TCP ones still in
 /// `SYN_SENT`. `unpublished` are ports published before and no longer, whose entries all go
-/// likewise. Returns how many destinations were forgotten.
+/// likewise. Lists once, then deletes per stale destination. Returns how many destinations
+/// were forgotten.
 pub fn forget_stale_flows(
     ns: &Netns,
     underlay_ip: Ipv4Addr,
     desired: &HostLb,
     unpublished: &BTreeSet<(Protocol, u16)>,
 ) -> Result<usize, LbError> {
-    let mut forgotten = 0;
     let mut ports = destinations(desired);
     for port in unpublished {
         ports.entry(*port).or_default();
     }
-    for ((protocol, published), kept) in ports {
-        let to_port = [
-            "-p".to_string(),
-            protocol.name().to_string(),
-            "--orig-dst".to_string(),
-            underlay_ip.to_string(),
-            "--dport".to_string(),
-            published.to_string(),
-        ];
-        let listing = run(ns, "-L", &to_port)?;
-        for (ip, port) in stale(&reply_sources(&listing), &kept) {
-            let mut args = to_port.to_vec();
-            if protocol == Protocol::Tcp {
-                args.extend(["--state".to_string(), "SYN_SENT".to_string()]);
-            }
-            args.extend([
-                "--reply-src".to_string(),
-                ip.to_string(),
-                "--reply-port-src".to_string(),
-                port.to_string(),
-            ]);
-            run(ns, "-D", &args)?;
-            forgotten += 1;
-        }
+    if ports.is_empty() {
+        return Ok(0);
     }
-    Ok(forgotten)
+    let to_host = ["--orig-dst".to_string(), underlay_ip.to_string()];
+    let gone = stale(&listed(&run(ns, "-L", &to_host)?), &ports);
+    for entry in &gone {
+        let mut args = to_host.to_vec();
+        args.extend([
+            "-p".to_string(),
+            entry.protocol.name().to_string(),
+            "--dport".to_string(),
+            entry.port.to_string(),
+            "--reply-src".to_string(),
+            entry.reply.0.to_string(),
+            "--reply-port-src".to_string(),
+            entry.reply.1.to_string(),
+        ]);
+        if entry.protocol == Protocol::Tcp {
+            args.extend(["--state".to_string(), "SYN_SENT".to_string()]);
+        }
+        run(ns, "-D", &args)?;
+    }
+    Ok(gone.len())
 }
 
 /// `conntrack <command> <args>` in `ns`: its standard output. "0 flow entries" is no error
@@ -199,36 +228,53 @@ mod tests {
     }
 
     #[test]
-    fn the_reply_tuple_is_read_from_each_listed_entry() {
+    fn unanswered_tcp_and_all_udp_entries_are_read_from_the_listing() {
         let listing = "\
 tcp      6 106 SYN_SENT src=198.18.0.5 dst=198.18.0.4 sport=36278 dport=8080 [UNREPLIED] src=10.0.0.9 dst=198.18.0.5 sport=80 dport=36278 mark=0 use=1
 tcp      6 117 TIME_WAIT src=198.18.0.5 dst=198.18.0.4 sport=40000 dport=8080 src=198.18.0.2 dst=198.18.0.4 sport=8080 dport=40000 [ASSURED] mark=0 use=1
-udp      17 29 src=198.18.0.5 dst=198.18.0.4 sport=5353 dport=8080 src=10.0.0.6 dst=198.18.0.5 sport=80 dport=5353 mark=0 use=1
+udp      17 29 src=198.18.0.5 dst=198.18.0.4 sport=5353 dport=53 src=10.0.0.6 dst=198.18.0.5 sport=80 dport=5353 mark=0 use=1
 a line that is no entry
 ";
         assert_eq!(
-            reply_sources(listing),
+            listed(listing),
             vec![
-                (Ipv4Addr::new(10, 0, 0, 9), 80),
-                (THERE, 8080),
-                (Ipv4Addr::new(10, 0, 0, 6), 80),
+                Listed {
+                    protocol: Protocol::Tcp,
+                    port: 8080,
+                    reply: (Ipv4Addr::new(10, 0, 0, 9), 80),
+                },
+                Listed {
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    reply: (Ipv4Addr::new(10, 0, 0, 6), 80),
+                },
             ]
         );
     }
 
     #[test]
     fn only_destinations_no_backend_has_are_stale() {
-        let kept = destinations(&desired())[&(Protocol::Tcp, 8080)].clone();
-        let seen = [
-            (Ipv4Addr::new(10, 0, 0, 9), 80),
-            (Ipv4Addr::new(10, 0, 0, 9), 80),
-            (Ipv4Addr::new(10, 0, 0, 7), 80),
-            (THERE, 8080),
+        let ports = destinations(&desired());
+        let tcp = |reply: Destination, port: u16| Listed {
+            protocol: Protocol::Tcp,
+            port,
+            reply,
+        };
+        let entries = [
+            tcp((Ipv4Addr::new(10, 0, 0, 9), 80), 8080),
+            tcp((Ipv4Addr::new(10, 0, 0, 9), 80), 8080),
+            tcp((Ipv4Addr::new(10, 0, 0, 7), 80), 8080),
+            tcp((THERE, 8080), 8080),
             // The same host on another port is another destination.
-            (THERE, 80),
+            tcp((THERE, 80), 8080),
+            // A port this balancer does not publish is not its business.
+            tcp((Ipv4Addr::new(10, 0, 0, 9), 80), 9090),
         ];
-        let expected: BTreeSet<Destination> =
-            [(Ipv4Addr::new(10, 0, 0, 9), 80), (THERE, 80)].into();
-        assert_eq!(stale(&seen, &kept), expected);
+        let expected: BTreeSet<Listed> = [
+            tcp((Ipv4Addr::new(10, 0, 0, 9), 80), 8080),
+            tcp((THERE, 80), 8080),
+        ]
+        .into();
+        assert_eq!(stale(&entries, &ports), expected);
     }
 }
