@@ -14,6 +14,7 @@ use control::gossip::envelope::Channel;
 use control::gossip::Keyring;
 use control::rpc::client::Client;
 use control::rpc::messages::{JoinRequest, Request, Response};
+use dataplane::probe::ipv4::checksum;
 use lab::LabSpec;
 use netns_tests::{report, until_ok, TestLab};
 use serde_json::Value;
@@ -335,7 +336,7 @@ fn vxlan_echo(vni: u32, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     packet.extend_from_slice(&[0x08, 0x00]);
     let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
     icmp.extend_from_slice(b"injected by an outsider");
-    let sum = checksum(&icmp);
+    let sum = checksum(&[&icmp]);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     let total = u16::try_from(20 + icmp.len()).unwrap();
     let mut ip = vec![0x45, 0];
@@ -343,22 +344,11 @@ fn vxlan_echo(vni: u32, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let sum = checksum(&ip);
+    let sum = checksum(&[&ip]);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     packet.extend_from_slice(&ip);
     packet.extend_from_slice(&icmp);
     packet
-}
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap()
 }
 
 /// Sends `count` copies of `datagram` from `host` to `to`:4789.

@@ -58,7 +58,28 @@ pub struct TestRun {
     pub packet: Vec<u8>,
 }
 
-fn run(attr: &mut TestAttr) -> io::Result<()> {
+/// Runs `prog` once on `frame`, with `ctx` (input, output) when the program type takes one.
+fn run(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    ctx: Option<(&XdpMd, &mut XdpMd)>,
+) -> io::Result<TestRun> {
+    let mut output = vec![0u8; frame.len() + OUT_SLACK];
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: output.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: output.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestAttr::default()
+    };
+    if let Some((ctx_in, ctx_out)) = ctx {
+        attr.ctx_size_in = size_of::<XdpMd>() as u32;
+        attr.ctx_size_out = size_of::<XdpMd>() as u32;
+        attr.ctx_in = ctx_in as *const XdpMd as u64;
+        attr.ctx_out = ctx_out as *mut XdpMd as u64;
+    }
     // SAFETY: BPF_PROG_TEST_RUN reads `attr` (a valid, fully initialized TestAttr of the size
     // passed) and the buffers it points at, and writes `retval`, the sizes, the output buffers
     // (at most their stated sizes) and `duration`. Every pointer in it comes from a live
@@ -67,66 +88,36 @@ fn run(attr: &mut TestAttr) -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_TEST_RUN,
-            attr as *mut TestAttr,
+            &mut attr as *mut TestAttr,
             size_of::<TestAttr>() as u32,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    let len = (attr.data_size_out as usize).min(output.len());
+    Ok(TestRun {
+        verdict: attr.retval,
+        packet: output[..len].to_vec(),
+    })
 }
 
 /// Runs the XDP program `prog` on `frame` as if it arrived on interface `ingress_ifindex` of
 /// the calling thread's network namespace (0: loopback).
 pub fn run_xdp(prog: BorrowedFd<'_>, frame: &[u8], ingress_ifindex: u32) -> io::Result<TestRun> {
-    let mut output = vec![0u8; frame.len() + OUT_SLACK];
     let ctx_in = XdpMd {
         data_end: frame.len() as u32,
         ingress_ifindex,
         ..XdpMd::default()
     };
     let mut ctx_out = XdpMd::default();
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: output.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: output.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: size_of::<XdpMd>() as u32,
-        ctx_size_out: size_of::<XdpMd>() as u32,
-        ctx_in: &ctx_in as *const XdpMd as u64,
-        ctx_out: &mut ctx_out as *mut XdpMd as u64,
-        ..TestAttr::default()
-    };
-    run(&mut attr)?;
-    let len = (attr.data_size_out as usize).min(output.len());
-    Ok(TestRun {
-        verdict: attr.retval,
-        packet: output[..len].to_vec(),
-    })
+    run(prog, frame, Some((&ctx_in, &mut ctx_out)))
 }
 
 /// Runs the TC (`sched_cls`) program `prog` on `frame`. The skb arrives on the calling
 /// thread's namespace's loopback.
 pub fn run_tc(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<TestRun> {
-    let mut output = vec![0u8; frame.len() + OUT_SLACK];
-    let mut attr = TestAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: output.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: output.as_mut_ptr() as u64,
-        repeat: 1,
-        ..TestAttr::default()
-    };
-    run(&mut attr)?;
-    let len = (attr.data_size_out as usize).min(output.len());
-    Ok(TestRun {
-        verdict: attr.retval,
-        packet: output[..len].to_vec(),
-    })
+    run(prog, frame, None)
 }
 
 #[cfg(test)]

@@ -16,15 +16,9 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 100];
 
+/// The Internet checksum of `bytes` (the prober's own).
 fn csum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    dataplane::probe::ipv4::checksum(&[bytes])
 }
 
 /// Whether the IPv4 header at the start of `ip` has a right checksum.
