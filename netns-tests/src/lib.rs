@@ -183,6 +183,40 @@ impl TestLab {
         self.meshctl(host, args)
             .unwrap_or_else(|e| panic!("meshctl {args:?} on {host}: {e}"))
     }
+
+    /// The running tasks of `service` on `network`, in the order `network inspect` on
+    /// `manager` lists them.
+    pub fn running_endpoints(&self, manager: &str, network: &str, service: &str) -> Vec<Endpoint> {
+        let json = self.meshctl_ok(manager, &["network", "inspect", network]);
+        let views: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        let prefix = format!("{service}.");
+        views[0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state"] == "Running" && e["task"].as_str().unwrap().starts_with(&prefix))
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap().to_string();
+                Endpoint {
+                    task_id: text("task_id"),
+                    task: text("task"),
+                    node: text("node"),
+                    ip: text("ip"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A service's task on a network, as `network inspect` lists it.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub task_id: String,
+    /// `<service>.<slot>`.
+    pub task: String,
+    pub node: String,
+    /// Its overlay address on that network.
+    pub ip: String,
 }
 
 /// Retries `f` every 50 ms until it succeeds or `limit` passes; returns the time it took.

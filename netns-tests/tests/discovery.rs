@@ -105,23 +105,10 @@ fn status(answer: &str) -> &str {
 
 /// Running tasks on `network` whose names start with `service.`: (task ID, node, IP, name).
 fn running(lab: &TestLab, network: &str, service: &str) -> Vec<(String, String, String, String)> {
-    let views: Vec<Value> =
-        serde_json::from_str(&ok(lab, &["network", "inspect", network])).unwrap();
-    let mut found: Vec<_> = views[0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            e["state"] == "Running"
-                && e["task"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("{service}."))
-        })
-        .map(|e| {
-            let text = |k: &str| e[k].as_str().unwrap().to_string();
-            (text("task_id"), text("node"), text("ip"), text("task"))
-        })
+    let mut found: Vec<_> = lab
+        .running_endpoints("m1", network, service)
+        .into_iter()
+        .map(|e| (e.task_id, e.node, e.ip, e.task))
         .collect();
     found.sort_by(|a, b| a.3.cmp(&b.3));
     found

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use dataplane::overlay::netns::Netns;
 use lab::LabSpec;
 use netns_tests::{alive, report, until_ok, TestLab};
-use serde_json::Value;
 
 const IMAGE: &str = "mesh-test:latest";
 const HTTPD: &[&str] = &["httpd", "-f", "-p", "80", "-h", "/www"];
@@ -89,22 +88,10 @@ fn flood_and_ask() -> std::io::Result<(usize, usize, usize, f64)> {
 /// The running task of `service`: (task ID, host).
 fn running_task(lab: &TestLab, network: &str, service: &str) -> (String, String) {
     until_ok(Duration::from_secs(60), || {
-        let views: Vec<Value> =
-            serde_json::from_str(&ok(lab, &["network", "inspect", network])).unwrap();
-        views[0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| {
-                e["state"] == "Running"
-                    && e["task"]
-                        .as_str()
-                        .is_some_and(|t| t.starts_with(&format!("{service}.")))
-            })
-            .map(|e| {
-                let text = |k: &str| e[k].as_str().unwrap().to_string();
-                (text("task_id"), text("node"))
-            })
+        lab.running_endpoints("m1", network, service)
+            .into_iter()
+            .next()
+            .map(|e| (e.task_id, e.node))
             .ok_or_else(|| "no running task".to_string())
     })
     .unwrap_or_else(|e| panic!("{service} never ran: {e}"))

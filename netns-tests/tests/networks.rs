@@ -32,26 +32,9 @@ fn state_dir(lab: &TestLab, host: &str) -> PathBuf {
 
 /// Running tasks of `service`: (task ID, node, overlay IP on its first network).
 fn endpoints(lab: &TestLab, network: &str, service: &str) -> Vec<(String, String, String)> {
-    let json = ok(lab, &["network", "inspect", network]);
-    let views: Vec<Value> = serde_json::from_str(&json).unwrap();
-    views[0]["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            e["state"] == "Running"
-                && e["task"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("{service}."))
-        })
-        .map(|e| {
-            (
-                e["task_id"].as_str().unwrap().to_string(),
-                e["node"].as_str().unwrap().to_string(),
-                e["ip"].as_str().unwrap().to_string(),
-            )
-        })
+    lab.running_endpoints("m1", network, service)
+        .into_iter()
+        .map(|e| (e.task_id, e.node, e.ip))
         .collect()
 }
 

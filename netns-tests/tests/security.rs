@@ -426,26 +426,10 @@ fn vxlan_rx(lab: &TestLab, host: &str, network_id: &str) -> u64 {
 /// (task ID, node, overlay IP) of `service`'s running task on `network`.
 fn endpoint(lab: &TestLab, network: &str, service: &str) -> (String, String, Ipv4Addr) {
     until_ok(Duration::from_secs(30), || {
-        let views: Vec<Value> =
-            serde_json::from_str(&lab.meshctl_ok("m1", &["network", "inspect", network])).unwrap();
-        views[0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| {
-                e["state"] == "Running"
-                    && e["task"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with(&format!("{service}."))
-            })
-            .map(|e| {
-                (
-                    e["task_id"].as_str().unwrap().to_string(),
-                    e["node"].as_str().unwrap().to_string(),
-                    e["ip"].as_str().unwrap().parse().unwrap(),
-                )
-            })
+        lab.running_endpoints("m1", network, service)
+            .into_iter()
+            .next()
+            .map(|e| (e.task_id, e.node, e.ip.parse().unwrap()))
             .ok_or_else(|| format!("{service}: no running task yet"))
     })
     .unwrap_or_else(|e| panic!("{e}"))
